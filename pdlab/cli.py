@@ -1,0 +1,192 @@
+"""The `pdlab` command: manifests, validate, deploy, run, sweep, report, cleanup.
+
+Errors a user can fix print one message (file, field, fix) and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pdlab import __version__
+from pdlab.errors import PdlabError
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD.PATH=VALUE",
+                   help="override a field of the params file (repeatable; YAML values, e.g. workload.rates=[1,2])")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pdlab", description="Prefill/decode disaggregation experiments, "
+                                 "locally (emulated) or on Kubernetes.")
+    ap.add_argument("--version", action="version", version=f"pdlab {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("manifests", help="print the Kubernetes objects (RoleBasedGroup, Service, ...) of a params file")
+    p.add_argument("params", nargs="?", help="params YAML file (not needed with --rbac alone)")
+    p.add_argument("--api", choices=["v1alpha1", "v1alpha2"], default=None,
+                   help="RoleBasedGroup API version (default: backend.k8s.api_version, v1alpha1 as ACK installs it)")
+    p.add_argument("--run-id", default=None, help="value of the pdlab.io/run label (default: the experiment name)")
+    p.add_argument("--no-storage", action="store_true", help="leave out the OSS PV/PVC even if storage.oss is set")
+    p.add_argument("--with-secrets", action="store_true",
+                   help="include the OSS Secret, reading its keys from the environment variables the spec names")
+    p.add_argument("--rbac", action="store_true", help="print the least-privilege RBAC pdlab itself needs")
+    p.add_argument("--namespace", default=None, help="namespace for --rbac (default: the params' namespace)")
+    _add_set(p)
+
+    p = sub.add_parser("validate", help="check a params or sweep file and print the resolved spec / points")
+    p.add_argument("params")
+    _add_set(p)
+
+    p = sub.add_parser("deploy", help="bring a topology up, print its endpoint, hold until Ctrl-C")
+    p.add_argument("params")
+    _add_set(p)
+
+    p = sub.add_parser("run", help="deploy, drive every load level, save results, tear down")
+    p.add_argument("params")
+    p.add_argument("--results", default="results", help="results root (default: ./results)")
+    p.add_argument("--name", default=None, help="run directory name (default: <experiment>-<timestamp>)")
+    _add_set(p)
+
+    p = sub.add_parser("sweep", help="run a sweep file point by point (papermill), then the compare report")
+    p.add_argument("sweep")
+    p.add_argument("--results", default="results", help="results root (default: ./results)")
+    p.add_argument("--force", action="store_true", help="re-run points that already completed (overwrites them)")
+    p.add_argument("--dry-run", action="store_true", help="list the points and exit")
+    _add_set(p)
+
+    p = sub.add_parser("report", help="render the HTML report of a sweep directory")
+    p.add_argument("sweep_dir")
+    p.add_argument("--with-code", action="store_true", help="show code cells in the report")
+
+    p = sub.add_parser("cleanup", help="end what a crashed run left behind (only pdlab's own processes/objects)")
+    p.add_argument("--backend", choices=["local", "k8s"], default="local")
+    p.add_argument("--experiment", default=None, help="only this experiment's leftovers")
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("--context", default=None)
+    p.add_argument("--namespace", default=None, help="k8s: limit to one namespace (default: all)")
+    return ap
+
+
+def cmd_manifests(a: argparse.Namespace) -> int:
+    from pdlab import manifests
+    from pdlab.spec import load_experiment
+
+    objs: list[dict] = []
+    if a.params:
+        exp = load_experiment(a.params, a.overrides)
+        api = a.api or exp.backend.k8s.api_version
+        objs += manifests.render(exp, api=api, run_id=a.run_id, include_storage=not a.no_storage,
+                                 with_secrets=a.with_secrets)
+        namespace = a.namespace or exp.namespace
+    else:
+        if not a.rbac:
+            raise PdlabError("give a params file (or --rbac for pdlab's own RBAC)")
+        namespace = a.namespace or "default"
+    if a.rbac:
+        from pdlab.backends.k8s import rbac_manifests
+
+        objs = rbac_manifests(namespace) + ([] if not a.params else objs)
+    sys.stdout.write(manifests.to_yaml(objs, header=f"rendered by pdlab {__version__}"))
+    return 0
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from pdlab.spec import dump_yaml, read_yaml, resolved
+
+    doc = read_yaml(a.params)
+    if "grid" in doc or "baselines" in doc or "sweep" in doc:
+        from pdlab.sweepspec import load_sweep
+
+        sw = load_sweep(a.params, a.overrides)
+        print(f"sweep '{sw.name}': {len(sw.points)} point(s)")
+        for pt in sw.points:
+            print(f"  {pt.run:<28} {pt.arm:<24} {pt.gpus} GPUs  {pt.overrides or ''}")
+        return 0
+    from pdlab.spec import load_experiment
+    from pdlab.topology import build
+
+    exp = load_experiment(a.params, a.overrides)
+    topo = build(exp)
+    sys.stdout.write(dump_yaml(resolved(exp)))
+    print(f"# {topo.label}: {topo.gpus} GPUs of {exp.gpu.type}; OK")
+    return 0
+
+
+def cmd_deploy(a: argparse.Namespace) -> int:
+    from pdlab.spec import load_experiment
+
+    exp = load_experiment(a.params, a.overrides)
+    if exp.backend.kind == "local":
+        from pdlab.backends.local import deploy_and_hold
+    else:
+        from pdlab.backends.k8s import deploy_and_hold
+    deploy_and_hold(exp)
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from pdlab.run import format_summary, run_experiment
+    from pdlab.spec import load_experiment
+
+    exp = load_experiment(a.params, a.overrides)
+    run_dir = run_experiment(exp, results=a.results, run_name=a.name, progress=True)
+    print(format_summary(run_dir))
+    print(run_dir)
+    return 0
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from pdlab.sweep import run_sweep
+
+    return run_sweep(a.sweep, overrides=a.overrides, results=a.results, force=a.force, dry_run=a.dry_run)
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from pdlab.report import render_report
+
+    path = render_report(Path(a.sweep_dir), with_code=a.with_code)
+    print(path)
+    return 0
+
+
+def cmd_cleanup(a: argparse.Namespace) -> int:
+    if a.backend == "local":
+        from pdlab.backends.local import cleanup_local
+
+        removed = cleanup_local(experiment=a.experiment)
+    else:
+        from pdlab.backends.k8s import cleanup_k8s
+
+        removed = cleanup_k8s(kubeconfig=a.kubeconfig, context=a.context, namespace=a.namespace,
+                              experiment=a.experiment)
+    for item in removed:
+        print(f"removed {item}")
+    print(f"{len(removed)} leftover(s) removed" if removed else "nothing to clean up")
+    return 0
+
+
+COMMANDS = {"manifests": cmd_manifests, "validate": cmd_validate, "deploy": cmd_deploy, "run": cmd_run,
+            "sweep": cmd_sweep, "report": cmd_report, "cleanup": cmd_cleanup}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `pdlab` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except PdlabError as e:
+        print(f"pdlab {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"pdlab {args.command}: interrupted; everything deployed was torn down", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
