@@ -11,8 +11,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from conftest import SHARED
+
 from pdlab.manifests import render, to_yaml
 from pdlab.spec import experiment_from_dict, load_experiment
 

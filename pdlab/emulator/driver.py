@@ -1,0 +1,106 @@
+"""Real-time driver: runs an Engine under asyncio, sleeping each step's modelled time × the time scale.
+
+During a busy period the driver keeps a model clock (the sum of step times since the period began) and
+sleeps until each step's end on that clock, so scheduling jitter does not accumulate; ``stats`` reports how
+far the wall clock lagged the model clock (``drift`` = (wall − model) ÷ model over busy periods, and the
+mean/max lateness of step ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pdlab.emulator.engine import Batch, Engine, Req
+
+
+@dataclass
+class ClockStats:
+    """How well the wall clock followed the modelled step clock."""
+
+    steps: int = 0
+    model_s: float = 0.0
+    wall_s: float = 0.0
+    late_sum_s: float = 0.0
+    late_max_s: float = 0.0
+
+    @property
+    def drift(self) -> float:
+        """(wall − model) ÷ model over completed busy periods and the current one."""
+        return (self.wall_s - self.model_s) / self.model_s if self.model_s else 0.0
+
+    def as_dict(self) -> dict:
+        """JSON-friendly view."""
+        return {"steps": self.steps, "model_s": self.model_s, "wall_s": self.wall_s, "drift": self.drift,
+                "late_mean_ms": 1e3 * self.late_sum_s / self.steps if self.steps else 0.0,
+                "late_max_ms": 1e3 * self.late_max_s}
+
+
+class RealtimeDriver:
+    """Runs `engine` in wall-clock time; `on_admit` is called for decode-mode requests given KV."""
+
+    def __init__(self, engine: Engine, time_scale: float = 1.0,
+                 on_admit: Callable[[Req], None] | None = None,
+                 on_step: Callable[[Batch, float], None] | None = None):
+        self.engine = engine
+        self.time_scale = time_scale
+        self.on_admit = on_admit
+        self.on_step = on_step
+        self.stats = ClockStats()
+        self.running = False
+        self._wake = asyncio.Event()
+
+    @staticmethod
+    def now() -> float:
+        """The driver's clock (monotonic seconds)."""
+        return time.monotonic()
+
+    def notify(self) -> None:
+        """Something changed (arrival, KV arrived, abort): admit and schedule."""
+        self.admit()
+        self._wake.set()
+
+    def admit(self) -> None:
+        """Decode mode: give KV to waiting requests and hand them to `on_admit`."""
+        if self.engine.config.mode == "decode" and self.engine.waiting:
+            for r in self.engine.admit(self.now()):
+                if self.on_admit is not None:
+                    self.on_admit(r)
+
+    async def run(self) -> None:
+        """The engine loop: schedule a step, sleep its modelled time, apply it; idle until notified."""
+        self.running = True
+        eng, st = self.engine, self.stats
+        target = busy_start = None
+        try:
+            while True:
+                now = self.now()
+                batch = eng.next_batch(now)
+                if batch is None:
+                    if busy_start is not None:
+                        st.wall_s += max(now, target) - busy_start
+                        busy_start = target = None
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                dur = batch.cost.total_s * self.time_scale
+                if busy_start is None:
+                    busy_start = target = now
+                target += dur
+                delay = target - self.now()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                end = self.now()
+                late = end - target
+                st.steps += 1
+                st.model_s += dur
+                st.late_sum_s += max(late, 0.0)
+                st.late_max_s = max(st.late_max_s, late)
+                eng.complete(batch, end)
+                self.admit()
+                if self.on_step is not None:
+                    self.on_step(batch, end)
+        finally:
+            self.running = False
