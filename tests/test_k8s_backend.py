@@ -1,0 +1,201 @@
+"""The Kubernetes backend against the fake cluster: deploy → ready → stream → teardown, preflight, every
+fault mode (a clear error and nothing of pdlab's left behind), cleanup, scale, RBAC."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from pdlab import manifests as M
+from pdlab.backends.k8s import K8sBackend, rbac_manifests
+from pdlab.backends.k8s_client import Rest, load_client
+from pdlab.errors import DeployError, ResourceError
+from pdlab.testing.fakekube import ApiFault, Faults
+from tests._k8s_helpers import RBG, backend, fake_kube, pdlab_objects, seed
+
+API_ONLY = {"run_containers": False}  # containers idle and count as ready: no processes
+DNS = {"spec": {"access": "service-dns"}}  # no router /health check (the test is not in the cluster)
+
+
+def _chat(url: str) -> list[str]:
+    body = {"model": "Qwen3-32B", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": True}
+    with httpx.Client(timeout=30, trust_env=False) as c, c.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        return [line for line in r.iter_lines() if line]
+
+
+@pytest.mark.slow
+def test_deploy_stream_through_port_forward_and_teardown_leaves_nothing(tmp_path):
+    events: list[str] = []
+    with fake_kube() as kube:
+        b = backend(kube, events)
+        with b.deploy(seed(), run_dir=tmp_path, run_id="run-1") as dep:
+            assert [e.name for e in dep.endpoints] == ["sglang-pd-scheduler-0", "sglang-pd-prefill-0",
+                                                       "sglang-pd-prefill-1", "sglang-pd-decode-0"]
+            lines = _chat(dep.router_url)
+            assert lines[-1] == "data: [DONE]" and len(lines) > 2
+            assert json.loads(lines[0].removeprefix("data: "))["object"] == "chat.completion.chunk"
+            with httpx.Client(timeout=10, trust_env=False) as c:
+                for ep in dep.endpoints:
+                    text = c.get(ep.metrics_url).text
+                    assert ("sglang:" in text) if ep.role != "scheduler" else text
+            assert {p["metadata"]["labels"][M.RUN_LABEL] for p in kube.objects("pods")} == {"run-1"}
+            assert dep.provenance()["server_version"].startswith("v1.32")
+        assert pdlab_objects(kube) == []
+        assert kube.objects("pods") == []
+    assert any("Scheduled" in e for e in events) and any("all roles ready" in e for e in events)
+    assert (tmp_path / "manifests.yaml").exists()
+    assert (tmp_path / "logs" / "sglang-pd-decode-0.log").exists()
+
+
+@pytest.mark.parametrize(("opts", "overrides", "needle"), [
+    ({"namespaces": ("default",)}, ["namespace=exp-ns"], "kubectl create namespace exp-ns"),
+    ({"install_rbg": False}, [], "ack-rbgs"),
+    ({"rbg_versions": ("v1alpha2",)}, [], "backend.k8s.api_version: v1alpha2"),
+    ({"gpus_per_node": 4}, [], "needs 6 nvidia.com/gpu"),
+    ({"erdma": False}, [], "eRDMA controller"),
+    ({"pvcs": ()}, [], "PVC 'llm-model' does not exist"),
+])
+def test_preflight_says_what_to_fix_before_applying_anything(opts, overrides, needle):
+    with fake_kube(**API_ONLY, **opts) as kube:
+        with pytest.raises(ResourceError, match=needle):
+            backend(kube).deploy(seed(*overrides))
+        assert pdlab_objects(kube) == []
+
+
+def test_insufficient_gpus_at_runtime_fails_with_failedscheduling_and_cleans_up():
+    events: list[str] = []
+    with fake_kube(**API_ONLY, gpus_per_node=4) as kube:
+        b = backend(kube, events, spec={"preflight": False})
+        with pytest.raises(DeployError) as e:
+            b.deploy(seed())
+        msg = str(e.value)
+        assert "Insufficient nvidia.com/gpu" in msg and "Fix: not enough free GPUs" in msg
+        assert any("FailedScheduling" in line for line in events)  # surfaced as it happened
+        assert pdlab_objects(kube) == []
+
+
+def test_image_pull_failure_fails_fast_with_the_image_named():
+    with fake_kube(**API_ONLY, faults=Faults(image_pull=r"sglang:v0\.5\.5")) as kube:
+        with pytest.raises(DeployError) as e:
+            backend(kube).deploy(seed())
+        msg = str(e.value)
+        assert ("ImagePullBackOff" in msg or "ErrImagePull" in msg) and "lmsysorg/sglang:v0.5.5" in msg
+        assert pdlab_objects(kube) == []
+
+
+def test_timeout_gives_a_diagnosis():
+    with fake_kube(**API_ONLY, faults=Faults(image_pull="sglang")) as kube:
+        with pytest.raises(DeployError) as e:
+            backend(kube, fail_fast_s=60, spec={"ready_timeout_s": 1.5}).deploy(seed())
+        msg = str(e.value)
+        assert "not ready after 2 s" in msg and "prefill 0/2" in msg and "pod sglang-pd-prefill-0:" in msg
+        assert pdlab_objects(kube) == []
+
+
+@pytest.mark.slow
+def test_crash_loop_reports_last_log_lines():
+    with fake_kube(**API_ONLY, faults=Faults(crash=r"decode-0$")) as kube:
+        with pytest.raises(DeployError) as e:
+            backend(kube, fail_fast_s=0.5).deploy(seed())
+        msg = str(e.value)
+        assert "CrashLoopBackOff" in msg and "last exit code 1" in msg
+        assert "| torch.OutOfMemoryError: CUDA out of memory" in msg
+        assert pdlab_objects(kube) == []
+
+
+def test_transient_api_500_is_retried_and_a_dropping_watch_is_resumed():
+    faults = Faults(api_errors=[ApiFault(500, method="PATCH", path="rolebasedgroups")], watch_drop_after=2)
+    with fake_kube(**API_ONLY, faults=faults) as kube:
+        with backend(kube, **DNS).deploy(seed()) as dep:
+            assert dep.router_url == "http://sglang-pd.default.svc.cluster.local:8000"
+        assert faults.api_errors[0].fired == 1 and faults.watch_drops >= 1
+        assert pdlab_objects(kube) == []
+
+
+@pytest.mark.parametrize("fault", [ApiFault(500, method="PATCH", path="rolebasedgroups", times=0),
+                                   ApiFault(409, method="PATCH", path="services", times=0)])
+def test_persistent_api_errors_fail_clearly_and_leave_nothing(fault):
+    with fake_kube(**API_ONLY, faults=Faults(api_errors=[fault])) as kube:
+        with pytest.raises(DeployError, match=rf"HTTP {fault.status}"):
+            backend(kube, **DNS).deploy(seed())
+        assert pdlab_objects(kube) == []
+
+
+def test_interrupt_during_wait_tears_down():
+    def interrupt(line: str) -> None:
+        if "Scheduled" in line:
+            raise KeyboardInterrupt
+
+    with fake_kube(**API_ONLY) as kube:
+        with pytest.raises(KeyboardInterrupt):
+            backend(kube, on_event=interrupt).deploy(seed())
+        assert pdlab_objects(kube) == []
+
+
+def test_cleanup_touches_only_pdlab_labelled_objects():
+    with fake_kube(**API_ONLY) as kube:
+        api, _, _ = load_client(str(kube.kubeconfig()))
+        rest = Rest(api)
+        for exp in (seed(), seed("name=other")):
+            for obj in M.render(exp, run_id=f"{exp.name}-run"):
+                rest.apply(obj)
+        rest.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "keep-me", "namespace": "default",
+                                                                         "labels": {"app": "mine"}},
+                    "spec": {"ports": [{"port": 80}]}})
+        b = backend(kube)
+        removed = b.cleanup(experiment="other")
+        assert sorted(removed) == ["rolebasedgroup/default/other", "service/default/other"]
+        assert {o["metadata"]["name"] for o in kube.objects(RBG)} == {"sglang-pd"}
+        assert sorted(b.cleanup()) == ["rolebasedgroup/default/sglang-pd", "service/default/sglang-pd"]
+        assert pdlab_objects(kube) == []
+        names = {s["metadata"]["name"] for s in kube.objects("services")}
+        assert "keep-me" in names and not any(n.startswith(("sglang-pd", "other")) for n in names)
+
+
+@pytest.mark.slow
+def test_scale_a_role_in_place_rolls_the_router():
+    with fake_kube() as kube:
+        with backend(kube).deploy(seed()) as dep:
+            router_uid = next(p["metadata"]["uid"] for p in kube.objects("pods")
+                              if p["metadata"]["name"] == "sglang-pd-scheduler-0")
+            dep.scale("decode", 2)
+            pods = {p["metadata"]["name"]: p for p in kube.objects("pods")}
+            assert "sglang-pd-decode-1" in pods
+            router = pods["sglang-pd-scheduler-0"]
+            assert router["metadata"]["uid"] != router_uid  # rolled with the new worker list
+            assert sum("decode-1" in a for a in router["spec"]["containers"][0]["command"]) == 1
+            assert [e.name for e in dep.workers("decode")] == ["sglang-pd-decode-0", "sglang-pd-decode-1"]
+            assert _chat(dep.router_url)[-1] == "data: [DONE]"
+        assert pdlab_objects(kube) == []
+
+
+def test_rbac_is_least_privilege_and_applies():
+    objs = rbac_manifests("llm")
+    kinds = [o["kind"] for o in objs]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]
+    rules = [r for o in objs for r in o.get("rules", [])]
+    assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in rules)
+    assert any("pods/portforward" in r["resources"] and "create" in r["verbs"] for r in rules)
+    cluster = next(o for o in objs if o["kind"] == "ClusterRole")["rules"]
+    assert {res for r in cluster for res in r["resources"]} == {"nodes", "persistentvolumes"}
+    pods = next(r for r in rules if r["resources"] == ["pods"])
+    assert set(pods["verbs"]) == {"get", "list", "watch"}  # pdlab never writes pods itself
+    with fake_kube(**API_ONLY, namespaces=("default", "llm")) as kube:
+        api, _, _ = load_client(str(kube.kubeconfig()))
+        for obj in objs:
+            Rest(api).apply(obj)
+        assert [o["metadata"]["name"] for o in kube.objects("roles.rbac.authorization.k8s.io", "llm")] == ["pdlab"]
+
+
+def test_backend_from_spec_loads_kubeconfig_context_and_rejects_unknown_context(tmp_path):
+    with fake_kube(**API_ONLY) as kube:
+        from pdlab.spec import K8sSpec
+
+        with pytest.raises(DeployError, match="no context 'prod'"):
+            K8sBackend(K8sSpec(kubeconfig=str(kube.kubeconfig()), context="prod")).rest()
+        with pytest.raises(DeployError, match="cannot load kubeconfig"):
+            (tmp_path / "bad").write_text("::: not yaml")
+            K8sBackend(K8sSpec(kubeconfig=str(tmp_path / "bad"))).rest()
