@@ -1,0 +1,55 @@
+"""Helpers for the fake-cluster and k8s-backend tests: a running FakeKube, the seed experiment, a backend."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pdlab.backends.k8s import K8sBackend
+from pdlab.spec import Experiment, K8sSpec, load_experiment
+from pdlab.testing.fakekube import FakeKube, Options
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = ROOT / "params" / "seed-2p1d.yaml"
+RBG = "rolebasedgroups.workloads.x-k8s.io"
+PDLAB_KINDS = (RBG, "services", "persistentvolumeclaims", "persistentvolumes", "secrets", "pods")
+
+
+def kubectl() -> str:
+    """The kubectl binary; a missing one fails the test loudly (CI images must carry it)."""
+    path = shutil.which("kubectl")
+    assert path, "kubectl is not on PATH: the fake-cluster tests need the real kubectl (v1.32) to check the fake"
+    return path
+
+
+@contextlib.contextmanager
+def fake_kube(**kw: Any) -> Iterator[FakeKube]:
+    """A fake cluster with fast timings and the model PVC in place (override any Options field)."""
+    opts = {"pvcs": ("llm-model",), "time_scale": 0.02, "emu_time_scale": 0.02, "bookmark_interval_s": 0.5, **kw}
+    with FakeKube(Options(**opts)) as kube:
+        yield kube
+
+
+def seed(*overrides: str) -> Experiment:
+    return load_experiment(SEED, ["backend.kind=k8s", *overrides])
+
+
+def backend(kube: FakeKube, events: list[str] | None = None, **kw: Any) -> K8sBackend:
+    """A backend on the fake's kubeconfig; events go to `events` (and nothing waits long in tests)."""
+    spec = {"kubeconfig": str(kube.kubeconfig()), "ready_timeout_s": 30.0, **kw.pop("spec", {})}
+    sink = events.append if events is not None else (lambda _m: None)
+    return K8sBackend(K8sSpec(**spec), fail_fast_s=kw.pop("fail_fast_s", 1.0), on_event=kw.pop("on_event", sink),
+                      teardown_timeout_s=kw.pop("teardown_timeout_s", 20.0), **kw)
+
+
+def pdlab_objects(kube: FakeKube) -> list[str]:
+    """Every object in the fake that carries a pdlab label (what a leak would look like)."""
+    out = []
+    for plural in PDLAB_KINDS:
+        for o in kube.objects(plural):
+            if "pdlab.io/experiment" in (o["metadata"].get("labels") or {}):
+                out.append(f"{plural}/{o['metadata']['name']}")
+    return out
