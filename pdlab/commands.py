@@ -84,3 +84,20 @@ def router_args(exp: Experiment, *, prefill: list[tuple[str, int]] | None = None
         cmd += ["--policy", router.policy]
     cmd += ["--host", host, "--port", str(port)]
     return cmd + flag_args({**router.args, **(extra or {})})
+
+
+def emulator_args(exp: Experiment) -> list[str]:
+    """The `--emu-*` flags that make `python -m pdlab.emulator` model this experiment (GPU, link, step
+    overhead, time scale, model profile); appended to `worker_args` by the local backend and, on an emulated
+    cluster only, carried to the fake kubelet by the k8s backend."""
+    from pathlib import Path
+
+    out = ["--emu-gpu", exp.gpu.type, "--emu-link", exp.emulator.link,
+           "--emu-time-scale", str(exp.emulator.time_scale)]
+    if exp.emulator.step_overhead_ms is not None:
+        out += ["--emu-step-overhead-ms", str(exp.emulator.step_overhead_ms)]
+    if exp.model.config:
+        out += ["--emu-model-config", str(Path(exp.model.config).resolve())]
+    elif exp.model.profile:
+        out += ["--emu-model", exp.model.profile]
+    return out

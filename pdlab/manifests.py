@@ -30,6 +30,10 @@ ROUTER_METRICS_PORT = 29000
 WORKER_RESOURCES = {"cpu": "4", "memory": "16Gi"}
 SHM_SIZE = "15Gi"
 BOOTSTRAP_ANNOTATION = "sglang.ai/bootstrap-port"
+# an emulated cluster (pdlab's fake) labels its nodes with this; only then do worker templates carry the
+# experiment's `--emu-*` flags (JSON list) in EMULATOR_ARGS_ANNOTATION for its kubelet: real manifests never do
+EMULATED_NODE_LABEL = "pdlab.io/emulated"
+EMULATOR_ARGS_ANNOTATION = "pdlab.io/emulator-args"
 
 
 def labels(exp: Experiment, run_id: str | None) -> dict[str, str]:
@@ -282,6 +286,25 @@ def render(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None = None,
     objs += discovery_rbac(exp, run_id)
     objs.append(rolebasedgroup(exp, api=api, run_id=run_id))
     objs.append(service(exp, run_id))
+    return objs
+
+
+def annotate_emulator_args(objs: list[dict], exp: Experiment) -> list[dict]:
+    """Add the experiment's `--emu-*` flags as an annotation on every worker pod template (in place), for a
+    cluster whose kubelet runs `pdlab.emulator` (see EMULATED_NODE_LABEL); the router's template is untouched."""
+    import json
+
+    from pdlab.commands import emulator_args
+
+    value = json.dumps(emulator_args(exp))
+    for obj in objs:
+        if obj.get("kind") != "RoleBasedGroup":
+            continue
+        for role in obj["spec"]["roles"]:
+            if role["name"] == ROUTER_ROLE:
+                continue
+            template = role.get("template") or role.get("standalonePattern", {}).get("template") or {}
+            template.setdefault("metadata", {}).setdefault("annotations", {})[EMULATOR_ARGS_ANNOTATION] = value
     return objs
 
 

@@ -293,6 +293,8 @@ class K8sSpec(_Strict):
     url: str | None = Field(None, description="router URL when access=url")
     api_version: Literal["v1alpha1", "v1alpha2"] = "v1alpha1"
     ready_timeout_s: float = Field(1800.0, gt=0)
+    fail_fast_s: float = Field(60.0, gt=0, description="give up on a pod unschedulable, failing to pull or "
+                               "crash-looping this long (instead of waiting for ready_timeout_s)")
     preflight: bool = True
 
     @model_validator(mode="after")

@@ -45,6 +45,18 @@ def backend(kube: FakeKube, events: list[str] | None = None, **kw: Any) -> K8sBa
                       teardown_timeout_s=kw.pop("teardown_timeout_s", 20.0), **kw)
 
 
+def run_cli(kube: FakeKube, results: Path, *overrides: str, params: Path = SEED, name: str = "r") -> tuple[int, Path]:
+    """`pdlab run PARAMS --set backend.kind=k8s ...` in this process against the fake; (exit code, run dir)."""
+    from pdlab.cli import main
+
+    sets = ["backend.kind=k8s", f"backend.k8s.kubeconfig={kube.kubeconfig()}", "backend.k8s.ready_timeout_s=30",
+            "backend.k8s.fail_fast_s=1", *overrides]
+    rc = main(["run", str(params), "--results", str(results), "--name", name,
+               *[a for s in sets for a in ("--set", s)]])
+    exp = load_experiment(params, list(overrides))
+    return rc, results / exp.name / name
+
+
 def pdlab_objects(kube: FakeKube) -> list[str]:
     """Every object in the fake that carries a pdlab label (what a leak would look like)."""
     out = []

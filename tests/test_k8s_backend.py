@@ -1,9 +1,12 @@
-"""The Kubernetes backend against the fake cluster: deploy → ready → stream → teardown, preflight, every
-fault mode (a clear error and nothing of pdlab's left behind), cleanup, scale, RBAC."""
+"""The Kubernetes backend against the fake cluster: deploy → ready → stream → teardown, the experiment's
+emulation settings reaching the emulated pods (and only on an emulated cluster), preflight, every fault mode
+through `pdlab run` (exit 2, a clear error, no traceback, the run marked incomplete, nothing of pdlab's left
+behind), cleanup, scale, RBAC."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -13,7 +16,7 @@ from pdlab.backends.k8s import K8sBackend, rbac_manifests
 from pdlab.backends.k8s_client import Rest, load_client
 from pdlab.errors import DeployError, ResourceError
 from pdlab.testing.fakekube import ApiFault, Faults
-from tests._k8s_helpers import RBG, backend, fake_kube, pdlab_objects, seed
+from tests._k8s_helpers import RBG, backend, fake_kube, pdlab_objects, run_cli, seed
 
 API_ONLY = {"run_containers": False}  # containers idle and count as ready: no processes
 DNS = {"spec": {"access": "service-dns"}}  # no router /health check (the test is not in the cluster)
@@ -26,12 +29,28 @@ def _chat(url: str) -> list[str]:
         return [line for line in r.iter_lines() if line]
 
 
+def _failed_cleanly(kube, capsys, rc: int, run_dir, *needles: str) -> str:
+    """`pdlab run` failed as a user should see it; returns its stderr."""
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert not re.search(r"^Traceback", err, re.M), err  # (a crash-looping pod's own log may quote one)
+    assert err.count("pdlab run: error:") == 1
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in:\n{err}"
+    incomplete = json.loads((run_dir / "incomplete.json").read_text())
+    assert incomplete["error_type"] in ("DeployError", "ResourceError", "ApiStatusError")  # PdlabError subclasses
+    assert not (run_dir / "summary.json").exists()
+    assert pdlab_objects(kube) == []
+    return err
+
+
 @pytest.mark.slow
 def test_deploy_stream_through_port_forward_and_teardown_leaves_nothing(tmp_path):
     events: list[str] = []
-    with fake_kube() as kube:
+    exp = seed("gpu.type=H20", "emulator.time_scale=0.02", "emulator.step_overhead_ms=1.5", "emulator.link=tcp")
+    with fake_kube(emu_time_scale=None) as kube:  # the experiment's emulation settings, not the fake's
         b = backend(kube, events)
-        with b.deploy(seed(), run_dir=tmp_path, run_id="run-1") as dep:
+        with b.deploy(exp, run_dir=tmp_path, run_id="run-1") as dep:
             assert [e.name for e in dep.endpoints] == ["sglang-pd-scheduler-0", "sglang-pd-prefill-0",
                                                        "sglang-pd-prefill-1", "sglang-pd-decode-0"]
             lines = _chat(dep.router_url)
@@ -41,6 +60,10 @@ def test_deploy_stream_through_port_forward_and_teardown_leaves_nothing(tmp_path
                 for ep in dep.endpoints:
                     text = c.get(ep.metrics_url).text
                     assert ("sglang:" in text) if ep.role != "scheduler" else text
+                for ep in dep.workers():
+                    emulated = c.get(ep.url + "/server_info").json()["emulated"]
+                    assert (emulated["gpu"], emulated["link"], emulated["time_scale"],
+                            emulated["step_overhead_s"]) == ("H20", "tcp", 0.02, 0.0015)
             assert {p["metadata"]["labels"][M.RUN_LABEL] for p in kube.objects("pods")} == {"run-1"}
             assert dep.provenance()["server_version"].startswith("v1.32")
         assert pdlab_objects(kube) == []
@@ -65,25 +88,37 @@ def test_preflight_says_what_to_fix_before_applying_anything(opts, overrides, ne
         assert pdlab_objects(kube) == []
 
 
-def test_insufficient_gpus_at_runtime_fails_with_failedscheduling_and_cleans_up():
-    events: list[str] = []
+def test_emulator_args_reach_pods_only_on_an_emulated_cluster():
+    def templates(kube) -> dict[str, dict]:
+        return {r["name"]: r["template"]["metadata"].get("annotations") or {}
+                for r in kube.objects(RBG)[0]["spec"]["roles"]}
+
+    exp = seed("emulator.time_scale=0.5")
+    for emulated in (True, False):
+        with fake_kube(**API_ONLY, emulated_label=emulated) as kube:
+            with backend(kube, **DNS).deploy(exp) as dep:
+                ann = templates(kube)
+                assert M.EMULATOR_ARGS_ANNOTATION not in ann["scheduler"]
+                for role in ("prefill", "decode"):
+                    args = json.loads(ann[role][M.EMULATOR_ARGS_ANNOTATION]) if emulated else None
+                    assert args == (["--emu-gpu", "L20", "--emu-link", "erdma", "--emu-time-scale", "0.5"]
+                                    if emulated else None)
+                assert dep.cluster_info["emulated"] is emulated
+                assert all(o["kind"] != "Secret" for o in dep.manifests())
+
+
+def test_insufficient_gpus_at_runtime_fails_with_failedscheduling_and_cleans_up(tmp_path, capsys):
     with fake_kube(**API_ONLY, gpus_per_node=4) as kube:
-        b = backend(kube, events, spec={"preflight": False})
-        with pytest.raises(DeployError) as e:
-            b.deploy(seed())
-        msg = str(e.value)
-        assert "Insufficient nvidia.com/gpu" in msg and "Fix: not enough free GPUs" in msg
-        assert any("FailedScheduling" in line for line in events)  # surfaced as it happened
-        assert pdlab_objects(kube) == []
+        rc, run_dir = run_cli(kube, tmp_path, "backend.k8s.preflight=false")
+        err = _failed_cleanly(kube, capsys, rc, run_dir, "Insufficient nvidia.com/gpu", "Fix: not enough free GPUs")
+        assert err.index("FailedScheduling") < err.index("pdlab run: error:")  # surfaced as it happened
 
 
-def test_image_pull_failure_fails_fast_with_the_image_named():
+def test_image_pull_failure_fails_fast_with_the_image_named(tmp_path, capsys):
     with fake_kube(**API_ONLY, faults=Faults(image_pull=r"sglang:v0\.5\.5")) as kube:
-        with pytest.raises(DeployError) as e:
-            backend(kube).deploy(seed())
-        msg = str(e.value)
-        assert ("ImagePullBackOff" in msg or "ErrImagePull" in msg) and "lmsysorg/sglang:v0.5.5" in msg
-        assert pdlab_objects(kube) == []
+        rc, run_dir = run_cli(kube, tmp_path)
+        err = _failed_cleanly(kube, capsys, rc, run_dir, "lmsysorg/sglang:v0.5.5")
+        assert "ImagePullBackOff" in err or "ErrImagePull" in err
 
 
 def test_timeout_gives_a_diagnosis():
@@ -96,14 +131,11 @@ def test_timeout_gives_a_diagnosis():
 
 
 @pytest.mark.slow
-def test_crash_loop_reports_last_log_lines():
+def test_crash_loop_reports_last_log_lines(tmp_path, capsys):
     with fake_kube(**API_ONLY, faults=Faults(crash=r"decode-0$")) as kube:
-        with pytest.raises(DeployError) as e:
-            backend(kube, fail_fast_s=0.5).deploy(seed())
-        msg = str(e.value)
-        assert "CrashLoopBackOff" in msg and "last exit code 1" in msg
-        assert "| torch.OutOfMemoryError: CUDA out of memory" in msg
-        assert pdlab_objects(kube) == []
+        rc, run_dir = run_cli(kube, tmp_path, "backend.k8s.fail_fast_s=0.5")
+        _failed_cleanly(kube, capsys, rc, run_dir, "CrashLoopBackOff", "last exit code 1",
+                        "| torch.OutOfMemoryError: CUDA out of memory")
 
 
 def test_transient_api_500_is_retried_and_a_dropping_watch_is_resumed():
@@ -117,11 +149,10 @@ def test_transient_api_500_is_retried_and_a_dropping_watch_is_resumed():
 
 @pytest.mark.parametrize("fault", [ApiFault(500, method="PATCH", path="rolebasedgroups", times=0),
                                    ApiFault(409, method="PATCH", path="services", times=0)])
-def test_persistent_api_errors_fail_clearly_and_leave_nothing(fault):
+def test_persistent_api_errors_fail_clearly_and_leave_nothing(fault, tmp_path, capsys):
     with fake_kube(**API_ONLY, faults=Faults(api_errors=[fault])) as kube:
-        with pytest.raises(DeployError, match=rf"HTTP {fault.status}"):
-            backend(kube, **DNS).deploy(seed())
-        assert pdlab_objects(kube) == []
+        rc, run_dir = run_cli(kube, tmp_path, "backend.k8s.access=service-dns")
+        _failed_cleanly(kube, capsys, rc, run_dir, f"(HTTP {fault.status}")
 
 
 def test_interrupt_during_wait_tears_down():

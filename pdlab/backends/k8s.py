@@ -55,7 +55,8 @@ class K8sBackend(Backend):
     """Deploys experiments to the cluster of a kubeconfig context (or the in-cluster config).
 
     `fail_fast_s`: how long a pod may stay unschedulable, image-pull-failing or crash-looping before the
-    deployment is abandoned with a diagnosis (instead of waiting for `ready_timeout_s`).
+    deployment is abandoned with a diagnosis (instead of waiting for `ready_timeout_s`; default
+    `backend.k8s.fail_fast_s`).
     `on_event(line)`: where pod events and progress go as they happen (default: stderr).
     `namespace`: the namespace `cleanup` searches (default: all namespaces).
     """
@@ -63,13 +64,13 @@ class K8sBackend(Backend):
     name = "k8s"
 
     def __init__(self, spec: K8sSpec | None = None, *, namespace: str | None = None,
-                 fail_fast_s: float = 60.0, on_event: Callable[[str], None] | None = None,
+                 fail_fast_s: float | None = None, on_event: Callable[[str], None] | None = None,
                  teardown_timeout_s: float = 180.0):
         from pdlab.spec import K8sSpec
 
         self.spec = spec or K8sSpec()
         self.namespace = namespace
-        self.fail_fast_s = fail_fast_s
+        self.fail_fast_s = fail_fast_s if fail_fast_s is not None else self.spec.fail_fast_s
         self.on_event = on_event or _stderr
         self.teardown_timeout_s = teardown_timeout_s
         self._api: Any = None
@@ -178,13 +179,16 @@ class K8sBackend(Backend):
         run_id = run_id or f"{exp.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
         api = self.spec.api_version
         objs = M.render(exp, api=api, run_id=run_id, include_storage=True, with_secrets=exp.storage.oss is not None)
-        info = self.preflight(exp, objs) if self.spec.preflight else {}
+        info = self.preflight(exp, objs) if self.spec.preflight else self.cluster_facts()
+        info["emulated"] = self.emulated_cluster()
+        if info["emulated"]:
+            M.annotate_emulator_args(objs, exp)
         dep = K8sDeployment(self, exp, build(exp), run_id=run_id, run_dir=run_dir, objects=objs, info=info)
         if run_dir is not None:
             path = Path(run_dir) / "manifests.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
-                path.write_text(M.to_yaml(M.render(exp, api=api, run_id=run_id, include_storage=True)))
+                path.write_text(M.to_yaml([o for o in objs if o["kind"] != "Secret"]))
         try:
             dep.apply()
             if wait:
@@ -193,6 +197,21 @@ class K8sBackend(Backend):
             dep.teardown()
             raise
         return dep
+
+    def cluster_facts(self) -> dict[str, Any]:
+        """What provenance records when the preflight is off: context, server version, RBG API version."""
+        rest = self.rest()
+        version = call_quietly(lambda: rest.get("/version")) or {}
+        return {"context": self.context, "api_version": self.spec.api_version,
+                "server_version": version.get("gitVersion")}
+
+    def emulated_cluster(self) -> bool:
+        """True when the nodes say their kubelet runs the pdlab emulator (pdlab's fake cluster): only then do
+        worker templates carry the experiment's `--emu-*` flags. False on a real cluster or when nodes are
+        not readable."""
+        found = call_quietly(lambda: self.rest().get("/api/v1/nodes", query={
+            "labelSelector": f"{M.EMULATED_NODE_LABEL}=true", "limit": 1}, what="list nodes"))
+        return bool((found or {}).get("items"))
 
     def cleanup(self, *, experiment: str | None = None) -> list[str]:
         """Delete every object labelled by pdlab (optionally of one experiment) in `namespace` (None: all)."""
@@ -448,6 +467,15 @@ class K8sDeployment(Deployment):
         """Cluster facts for provenance.json: context, server version, RBG versions, GPU nodes, pods' nodes."""
         return {**self.info, "pods": {n: (p.get("spec") or {}).get("nodeName") for n, p in self.pods.items()}}
 
+    @property
+    def cluster_info(self) -> dict[str, Any]:
+        """`provenance()`, under the name the runner looks for (it goes to provenance.json's `cluster`)."""
+        return self.provenance()
+
+    def manifests(self) -> list[dict]:
+        """The objects pdlab applied (as rendered; Secrets left out), for the run's manifests.yaml."""
+        return [copy.deepcopy(o) for o in (self.applied or self.objects) if o["kind"] != "Secret"]
+
     # -- logs / scale / teardown ---------------------------------------------------------------------------------
     def _log(self, pod: str, tail: int, previous: bool = False) -> str:
         resp = self.rest._send("GET", f"/api/v1/namespaces/{self.namespace}/pods/{pod}/log",
@@ -474,8 +502,12 @@ class K8sDeployment(Deployment):
         topo[role]["replicas"] = int(replicas)
         exp = experiment_from_dict(doc)
         objs = M.render(exp, api=self.api_version, run_id=self.run_id, include_storage=False)
+        if self.info.get("emulated"):
+            M.annotate_emulator_args(objs, exp)
         rbg = next(o for o in objs if o["kind"] == "RoleBasedGroup")
         self.rest.apply(rbg)
+        self.objects = [rbg if o["kind"] == "RoleBasedGroup" else o for o in self.objects]
+        self.applied = [rbg if o["kind"] == "RoleBasedGroup" else o for o in self.applied]
         self.experiment, self.topology = exp, build(exp)
         for key in [k for k in self._forwarders if int(k[0].rsplit("-", 1)[1]) >= replicas
                     and k[0].startswith(f"{self.group}-{role}-")]:

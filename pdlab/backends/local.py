@@ -524,17 +524,7 @@ def _worker_prefix(exp: Experiment) -> list[str]:
 
 def _emulator_flags(exp: Experiment, prefix: list[str]) -> list[str]:
     """The `--emu-*` flags of the emulated worker (none for the real sglang)."""
-    if "sglang.launch_server" in prefix:
-        return []
-    out = ["--emu-gpu", exp.gpu.type, "--emu-link", exp.emulator.link,
-           "--emu-time-scale", str(exp.emulator.time_scale)]
-    if exp.emulator.step_overhead_ms is not None:
-        out += ["--emu-step-overhead-ms", str(exp.emulator.step_overhead_ms)]
-    if exp.model.config:
-        out += ["--emu-model-config", str(Path(exp.model.config).resolve())]
-    elif exp.model.profile:
-        out += ["--emu-model", exp.model.profile]
-    return out
+    return [] if "sglang.launch_server" in prefix else commands.emulator_args(exp)
 
 
 # --------------------------------------------------------------------------- backend

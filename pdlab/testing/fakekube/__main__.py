@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pvc", action="append", default=[], help="pre-create a Bound PVC (repeatable), e.g. llm-model")
     p.add_argument("--namespace", action="append", default=[], help="extra namespaces (default: default)")
     p.add_argument("--time-scale", type=float, default=0.05, help="kubelet timings multiplier (probes, back-offs)")
-    p.add_argument("--emu-time-scale", type=float, default=None, help="--emu-time-scale for emulated workers")
+    p.add_argument("--emu-time-scale", type=float, default=None, help="force this --emu-time-scale on every emulated worker (default: the experiment's emulator.time_scale)")
     p.add_argument("--rbg-versions", default="v1alpha1,v1alpha2", help="RBG CRD versions served")
     p.add_argument("--no-rbg", action="store_true", help="do not install the RoleBasedGroup CRD")
     p.add_argument("--fail-image", default=None, help="regex: images whose pull fails")

@@ -15,6 +15,7 @@ from typing import Any
 
 import jsonschema
 
+from pdlab.manifests import EMULATED_NODE_LABEL
 from pdlab.testing.fakekube import resources as R
 from pdlab.testing.fakekube.store import (
     ApiError,
@@ -96,11 +97,14 @@ class Options:
     pvcs: tuple[str, ...] = ()  # Bound PVCs pre-created in the first namespace (e.g. the model's 'llm-model')
     time_scale: float = 0.05  # multiplies kubelet timings: probe delays/periods, pull time, back-offs, grace
     pull_s: float = 2.0
+    # operator overrides for emulated workers, appended after the experiment's own `--emu-*` flags (which pods
+    # carry in the pdlab.io/emulator-args annotation), so they win: e.g. a fast time scale for every test
     emu_time_scale: float | None = None  # injected as --emu-time-scale into emulated workers
     emu_args: tuple[str, ...] = ()
     worker_cmd: tuple[str, ...] = (sys.executable, "-m", "pdlab.emulator")
     router_cmd: tuple[str, ...] = (sys.executable, "-m", "sglang_router.launch_router")
     bookmark_interval_s: float = 5.0
+    emulated_label: bool = True  # nodes say `pdlab.io/emulated=true` (False: they look like a real cluster's)
     run_containers: bool = True  # False: containers idle and count as ready (API-only tests, kubectl)
     log_dir: Path | None = None
     faults: Faults = field(default_factory=Faults)
@@ -131,7 +135,8 @@ class Cluster:
                 "name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                          "node.kubernetes.io/instance-type": "ecs.ebmgn8is.32xlarge",
                                          "nvidia.com/gpu.product": self.opt.gpu_product,
-                                         "aliyun.accelerator/nvidia_name": self.opt.gpu_product}},
+                                         "aliyun.accelerator/nvidia_name": self.opt.gpu_product,
+                                         **({EMULATED_NODE_LABEL: "true"} if self.opt.emulated_label else {})}},
                 "status": {"capacity": dict(alloc), "allocatable": alloc,
                            "addresses": [{"type": "InternalIP", "address": f"192.168.0.{10 + i}"}],
                            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pdlab.manifests import EMULATOR_ARGS_ANNOTATION
 from pdlab.testing.fakekube.cluster import RBG_KEY, Cluster, rbg_created_as
 from pdlab.testing.fakekube.store import ApiError, now
 
@@ -680,7 +681,7 @@ class Controller:
         module, rest = argv[i + 1], argv[i + 2:]
         if module == "sglang.launch_server":
             prefix = list(self.c.opt.worker_cmd)
-            extra = list(self.c.opt.emu_args)
+            extra = _annotated_emu_args(pod) + list(self.c.opt.emu_args)
             if self.c.opt.emu_time_scale is not None:
                 extra += ["--emu-time-scale", str(self.c.opt.emu_time_scale)]
         elif module == "sglang_router.launch_router":
@@ -713,6 +714,20 @@ class Controller:
                 out.append(tok)
             prefill_pod = None
         return out
+
+
+def _annotated_emu_args(pod: dict) -> list[str]:
+    """The experiment's `--emu-*` flags that the k8s backend puts on pods of an emulated cluster (JSON list);
+    anything that is not such a list of `--emu-*` flags and their values is ignored."""
+    raw = (pod["metadata"].get("annotations") or {}).get(EMULATOR_ARGS_ANNOTATION)
+    try:
+        args = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        return []
+    flags = [a for a in args if a.startswith("--")]
+    return args if flags and all(a.startswith("--emu-") for a in flags) else []
 
 
 def _expand(s: str, env: dict[str, str]) -> str:
