@@ -95,8 +95,14 @@ def read_sweep_json(sweep_dir: Path | str) -> dict[str, Any]:
         raise PdlabError(f"{p}: unreadable ({e}); re-run `pdlab sweep` to rewrite it") from None
 
 
-def is_emulated(params: dict) -> bool:
-    """Whether a run's numbers come from pdlab's emulated workers rather than real engines."""
+def is_emulated(params: dict, provenance: dict | None = None) -> bool:
+    """Whether a run's numbers come from pdlab's emulated workers rather than real engines.
+
+    Local runs with the emulator engine are; so are k8s runs whose cluster is pdlab's fake one
+    (provenance.cluster.emulated, set from the nodes' `pdlab.io/emulated` label).
+    """
+    if ((provenance or {}).get("cluster") or {}).get("emulated"):
+        return True
     b = params.get("backend") or {}
     return b.get("kind", "local") == "local" and b.get("engine", "emulator") == "emulator"
 
@@ -125,8 +131,8 @@ def load(sweep_dir: Path | str) -> SweepData:
         run_dir = Path(r.run_dir)
         params = yaml.safe_load((run_dir / "params.yaml").read_text()) or {}
         params_by_arm.setdefault(r.arm, params)
-        emulated = emulated or is_emulated(params)
         run = _results.load_run(run_dir)
+        emulated = emulated or is_emulated(params, run.provenance)
         if len(run.requests):
             req = run.requests[[c for c in _REQ_COLS if c in run.requests.columns]]
             req_parts.append(req.assign(run=r.run, arm=r.arm, repeat=r.repeat))

@@ -7,6 +7,8 @@ finds leaks without touching anything else.
 
 from __future__ import annotations
 
+import atexit
+
 import copy
 import queue
 import sys
@@ -243,6 +245,8 @@ class K8sDeployment(Deployment):
         self._pf_api: Any = None
         self._pf_lock = threading.Lock()
         self._torn_down = False
+        # a Jupyter kernel that dies or exits with the deployment up still deletes it (GPUs are expensive)
+        atexit.register(self.teardown)
 
     # -- apply ------------------------------------------------------------------------------------------------
     def apply(self) -> None:
@@ -520,6 +524,7 @@ class K8sDeployment(Deployment):
         if self._torn_down:
             return
         self._torn_down = True
+        atexit.unregister(self.teardown)
         if self.run_dir is not None:
             self._save_logs()
         for fw in self._forwarders.values():
