@@ -313,6 +313,26 @@ class PortForwarder:
                     pf.close()
 
 
+_PROXY_THREAD = "Kubernetes port forward proxy"
+proxy_errors: list[str] = []  # what the client's proxy threads raised (connection torn down under them)
+_default_excepthook = threading.excepthook
+
+
+def _quiet_proxy_errors(args: threading.ExceptHookArgs) -> None:
+    """Keep the kubernetes client's port-forward proxy threads from printing tracebacks when a tunnel closes.
+
+    Those threads die with an exception whenever the websocket goes away under them (teardown, Ctrl-C);
+    the bridge already reports a failed forward as an error, so a traceback would only alarm the user.
+    """
+    if args.thread is not None and args.thread.name.startswith(_PROXY_THREAD):
+        proxy_errors.append(f"{args.thread.name}: {args.exc_type.__name__}: {args.exc_value}")
+        return
+    _default_excepthook(args)
+
+
+threading.excepthook = _quiet_proxy_errors
+
+
 def _pump(a: socket.socket, b: Any, closed: threading.Event) -> None:
     """Copy bytes both ways until either side closes."""
     socks = [a, b]
