@@ -8,7 +8,6 @@ finds leaks without touching anything else.
 from __future__ import annotations
 
 import atexit
-
 import copy
 import queue
 import sys
