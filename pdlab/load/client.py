@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from pdlab.load.datasets import Prompt, count_tokens
+from pdlab.load.netbackend import lean_transport
 
 APIS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "generate": "/generate"}
 NAN = math.nan
@@ -54,8 +55,8 @@ class LoadClient:
     """Streams requests at one server; use `async with LoadClient(url) as c: rec = await c.send(...)`."""
 
     def __init__(self, base_url: str, *, api: str = "chat", model: str = "default", timeout_s: float = 600.0,
-                 max_connections: int = 2048, per_shard: int = 256, ignore_eos: bool = True,
-                 t0: float | None = None, extra_body: dict[str, Any] | None = None):
+                 max_connections: int = 2048, per_shard: int = 16, ignore_eos: bool = True,
+                 t0: float | None = None, extra_body: dict[str, Any] | None = None, lean: bool = True):
         if api not in APIS:
             raise ValueError(f"unknown api '{api}'; use one of {', '.join(APIS)}")
         self.base_url = base_url.rstrip("/")
@@ -63,11 +64,12 @@ class LoadClient:
         self.model, self.timeout_s, self.ignore_eos = model, timeout_s, ignore_eos
         self.extra_body = extra_body or {}
         self.t0 = time.perf_counter() if t0 is None else t0
-        n = max(1, min(32, math.ceil(max_connections / per_shard)))
+        n = max(1, min(128, math.ceil(max_connections / per_shard)))
         self._shard_limits = httpx.Limits(max_connections=math.ceil(max_connections / n),
                                           max_keepalive_connections=math.ceil(max_connections / n),
                                           keepalive_expiry=60.0)
         self._n = n
+        self._lean = lean
         self._clients: list[httpx.AsyncClient] = []
         self._rr = 0
         self.cancelled: list[RequestRecord] = []  # records of requests cut short by cancellation
@@ -77,7 +79,9 @@ class LoadClient:
         timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))
         verify = _ssl_context() if self.base_url.startswith("https") else False  # one context, loaded once
         self._clients = [httpx.AsyncClient(base_url=self.base_url, limits=self._shard_limits, timeout=timeout,
-                                           verify=verify, trust_env=False, follow_redirects=False)
+                                           verify=verify, trust_env=False, follow_redirects=False,
+                                           transport=lean_transport(limits=self._shard_limits, verify=verify)
+                                           if self._lean else None)
                          for _ in range(self._n)]
         return self
 
