@@ -131,7 +131,9 @@ def goodput_per_gpu(summary: pd.DataFrame, *, emulated: bool = False) -> Figure:
     t = ""
     if {"slo_ttft_ms", "slo_tpot_ms"} <= set(summary.columns) and len(summary):
         t = f" (TTFT ≤ {summary['slo_ttft_ms'].iloc[0]:g} ms, TPOT ≤ {summary['slo_tpot_ms'].iloc[0]:g} ms)"
-    return metric_vs_load(summary, ["goodput_per_gpu"], title="Goodput per GPU at the SLOs" + t, emulated=emulated)
+    # linear axis: goodput falls to zero where an arm misses the SLOs, and zero has no place on a log axis
+    return metric_vs_load(summary, ["goodput_per_gpu"], title="Goodput per GPU at the SLOs" + t, emulated=emulated,
+                          log=False)
 
 
 def pareto(summary: pd.DataFrame, *, emulated: bool = False) -> Figure:

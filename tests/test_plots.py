@@ -83,3 +83,11 @@ def test_repeat_spread_bar():
     fig = plots.repeat_spread(s)
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == pytest.approx([10.0, 10.0, 10.0])
+
+
+def test_goodput_axis_stays_linear_when_an_arm_falls_to_zero():
+    s = synthetic_summary(ARMS, RATES)
+    first = s["arm"] == next(iter(ARMS))
+    s.loc[first, "goodput_per_gpu"] = [0.5] + [0.0] * (int(first.sum()) - 1)  # values spanning "infinitely" wide
+    assert plots.goodput_per_gpu(s).axes[0].get_yscale() == "linear"
+    assert plots.ttft_vs_rate(s, log=True).axes[0].get_yscale() == "log"
