@@ -137,3 +137,63 @@ def test_deploy_notebook_runs(tmp_path: Path):
                         cwd=str(tmp_path), progress_bar=False, execution_timeout=120)
     text = out.read_text()
     assert "torn down" in text and "completion_tokens" in text
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_leaves_nothing_running_and_resumes(tmp_path: Path):
+    """SIGTERM in the middle of a point: exit 130, the point's records kept and marked incomplete, no
+    emulator or router left behind; the next `pdlab sweep` re-runs that point and completes the sweep."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep_file = tmp_path / "one.yaml"
+    sweep_file.write_text(f"""
+sweep: one
+base: {ROOT / "params" / "demo-local.yaml"}
+set:
+  workload.rates: [4]
+  workload.duration_s: 30
+  workload.warmup: 0
+  emulator.time_scale: 0.2
+grid:
+  topology.ratio: [1P1D]
+""")
+    res = tmp_path / "res"
+    env = {**os.environ, "PDLAB_STATE_DIR": str(tmp_path / "state")}
+    cmd = [sys.executable, "-m", "pdlab", "sweep", str(sweep_file), "--results", str(res)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    run_dir = res / "one" / "1p1d"
+    try:
+        deadline = time.monotonic() + 90
+        state = tmp_path / "state"
+        while time.monotonic() < deadline:  # wait until the point's processes are up and load is flowing
+            if list(state.glob("*.json")) and (run_dir / "params.yaml").exists():
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the sweep's first point never started")
+        time.sleep(4)
+        pids = [p["pid"] for f in state.glob("*.json") for p in json.loads(f.read_text())["processes"]]
+        assert pids
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert not (run_dir / "summary.json").exists() and (run_dir / "incomplete.json").exists()
+    time.sleep(0.5)
+    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()
+             and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]]
+    assert alive == [], f"processes left behind: {alive}"
+    # resume: the crashed point is re-run (shorter now) and the sweep completes with its report
+    rc = subprocess.run(cmd + ["--set", "workload.duration_s=2"], env=env, capture_output=True, text=True,
+                        timeout=240)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    assert (run_dir / "summary.json").exists() and not (run_dir / "incomplete.json").exists()
+    assert rc.stdout.strip().splitlines()[-1].endswith("report.html")
