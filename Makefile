@@ -23,7 +23,7 @@ test-fast: $(BIN)/pdlab
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 lint: $(BIN)/pdlab
-	$(BIN)/ruff check pdlab tests benchmarks
+	$(BIN)/ruff check pdlab tests benchmarks notebooks
 
 bench: $(BIN)/pdlab
 	$(BIN)/python benchmarks/run_all.py
