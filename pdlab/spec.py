@@ -469,13 +469,16 @@ def _first_model(ann: Any) -> Any:
     return None
 
 
+_UNION_TAGS = ("pd", "colocated")
+
+
 def format_validation_error(err: ValidationError, model: type[BaseModel], file: str | None) -> SpecError:
     """One SpecError listing every problem as 'field.path: what is wrong (fix)'."""
     lines = []
     first_field = None
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if p not in ("pd", "colocated") or False)
-        path = ".".join(str(p) for p in e["loc"] if p not in ("pd", "colocated")) or "(top level)"
+        loc = tuple(p for p in e["loc"] if p not in _UNION_TAGS)  # pydantic puts the union's tag in the path
+        path = ".".join(str(p) for p in loc) or "(top level)"
         first_field = first_field or path
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
@@ -486,9 +489,8 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], file: 
                 msg += f"; allowed here: {', '.join(known)}"
         elif e["type"] == "literal_error":
             msg = f"{msg} (got {e.get('input')!r})"
-        elif e["type"] == "union_tag_invalid":
-            msg = f"unknown kind {e.get('input', {}).get('kind')!r}; use 'pd' or 'colocated'" if isinstance(
-                e.get("input"), dict) else msg
+        elif e["type"] == "union_tag_invalid" and isinstance(e.get("input"), dict):
+            msg = f"unknown kind {e['input'].get('kind')!r}; use 'pd' or 'colocated'"
         msg = msg.removeprefix("Value error, ")
         lines.append(f"{path}: {msg}")
     if len(lines) == 1:
