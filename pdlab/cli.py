@@ -1,4 +1,4 @@
-"""The `pdlab` command: manifests, validate, deploy, run, sweep, report, cleanup.
+"""The `pdlab` command: manifests, validate, plan, deploy, run, sweep, report, cleanup.
 
 Errors a user can fix print one message (file, field, fix) and exit 2, without a traceback.
 """
@@ -39,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a params or sweep file and print the resolved spec / points")
     p.add_argument("params")
+    _add_set(p)
+
+    p = sub.add_parser("plan", help="simulate every xPyD ratio and the colocated baseline in virtual time (seconds)")
+    p.add_argument("params")
+    p.add_argument("--budget", type=int, default=None, help="GPUs per arm (default: the params' topology's GPUs)")
+    p.add_argument("--tp", type=int, default=None, help="TP of every instance (default: the params' TP)")
+    p.add_argument("--csv", default=None, help="also write the table to this CSV file")
     _add_set(p)
 
     p = sub.add_parser("deploy", help="bring a topology up, print its endpoint, hold until Ctrl-C")
@@ -116,6 +123,21 @@ def cmd_validate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(a: argparse.Namespace) -> int:
+    from pdlab.plan import format_plan, plan
+    from pdlab.spec import load_experiment
+
+    exp = load_experiment(a.params, a.overrides)
+    print(f"planning {exp.model.name} on {exp.gpu.type}: every arm at equal GPU count, rates "
+          f"{', '.join(f'{v:g}' for k, v in exp.workload.levels if k == 'rate')} req/s, "
+          f"{exp.workload.duration_s or 60:g} s each, in virtual time", file=sys.stderr)
+    table = plan(exp, budget=a.budget, tp=a.tp)
+    print(format_plan(table))
+    if a.csv:
+        table.to_csv(a.csv, index=False)
+    return 0
+
+
 def cmd_deploy(a: argparse.Namespace) -> int:
     from pdlab.spec import load_experiment
 
@@ -169,7 +191,7 @@ def cmd_cleanup(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"manifests": cmd_manifests, "validate": cmd_validate, "deploy": cmd_deploy, "run": cmd_run,
+COMMANDS = {"manifests": cmd_manifests, "validate": cmd_validate, "plan": cmd_plan, "deploy": cmd_deploy, "run": cmd_run,
             "sweep": cmd_sweep, "report": cmd_report, "cleanup": cmd_cleanup}
 
 
