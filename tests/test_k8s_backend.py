@@ -5,6 +5,7 @@ behind), cleanup, scale, RBAC."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 
@@ -230,3 +231,27 @@ def test_backend_from_spec_loads_kubeconfig_context_and_rejects_unknown_context(
         with pytest.raises(DeployError, match="cannot load kubeconfig"):
             (tmp_path / "bad").write_text("::: not yaml")
             K8sBackend(K8sSpec(kubeconfig=str(tmp_path / "bad"))).rest()
+
+
+@pytest.mark.slow
+def test_oss_keys_reach_the_cluster_secret_but_never_the_run_directory(tmp_path, monkeypatch):
+    """The OSS Secret's values come from the environment at apply time; manifests.yaml, logs and provenance
+    in the run directory never carry them, and teardown removes the Secret pdlab created."""
+    monkeypatch.setenv("OSS_ACCESS_KEY_ID", "AKID-visible-only-in-cluster")
+    monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", "SECRET-visible-only-in-cluster")
+    exp = seed("storage.oss={bucket: my-models}", "emulator.time_scale=0.02")
+    with fake_kube() as kube:
+        with backend(kube).deploy(exp, run_dir=tmp_path, run_id="oss-1") as dep:
+            secrets = [s for s in kube.objects("secrets") if s["metadata"]["name"] == "oss-secret"]
+            assert len(secrets) == 1
+            data = secrets[0].get("stringData") or {
+                k: base64.b64decode(v).decode() for k, v in (secrets[0].get("data") or {}).items()}
+            assert data == {"akId": "AKID-visible-only-in-cluster", "akSecret": "SECRET-visible-only-in-cluster"}
+            dep.logs("sglang-pd-decode-0")
+        assert pdlab_objects(kube) == []
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "manifests.yaml" for p in written)
+    assert "PersistentVolume" in (tmp_path / "manifests.yaml").read_text()
+    for p in written:
+        text = p.read_text(errors="replace")
+        assert "visible-only-in-cluster" not in text, p
