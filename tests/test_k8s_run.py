@@ -136,7 +136,9 @@ def test_interrupted_k8s_run_is_saved_incomplete_and_torn_down(sig, rc, tmp_path
     run = load_run(run_dir)
     assert not run.complete and not (run_dir / "summary.json").exists()
     assert run.incomplete["reason"] == ("interrupted (Ctrl-C)" if sig == signal.SIGINT else "SystemExit: 143")
-    assert run.requests["ok"].sum() >= 3  # what was measured before the signal is kept
+    # what was measured before the signal is kept: the server had finished ≥ 3 requests, so the client holds
+    # at least 3 records (the last may have been cut mid-stream, recorded as interrupted) and some complete ones
+    assert len(run.requests) >= 3 and run.requests["ok"].sum() >= 1
     assert set(run.server_metrics["role"]) >= {"prefill", "decode"}
 
 
