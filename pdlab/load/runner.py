@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import gc
 import math
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -306,7 +307,7 @@ def run_level_sync(base_url: str, dataset: Dataset, plan: LevelPlan, sink: Recor
         in_loop = False
     if not in_loop:
         with _gc_frozen(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(main())
+            return runner.run(_terminable(main()))
     # called from a running loop (Jupyter): run in a helper thread; Ctrl-C (kernel interrupt) sets `stop`
     box: dict[str, Any] = {}
 
@@ -326,12 +327,45 @@ def run_level_sync(base_url: str, dataset: Dataset, plan: LevelPlan, sink: Recor
     return box["result"]
 
 
+async def _terminable(coro: Any) -> Any:
+    """Await `coro` so that SIGTERM cancels it cleanly, as asyncio.Runner does for Ctrl-C, then SystemExit(143).
+
+    A Python-level SIGTERM handler raising SystemExit at an arbitrary point inside the event loop would leave
+    a task holding the exception ("Task exception was never retrieved" and a traceback at exit); cancelling
+    the level's task lets the runner record every in-flight request as interrupted first.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    terminated = False
+
+    def on_term() -> None:
+        nonlocal terminated
+        terminated = True
+        if task is not None:
+            task.cancel()
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+        return await coro
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if terminated:
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, previous)  # remove_signal_handler leaves SIG_DFL behind
+
+
 def _join_or_stop(th: threading.Thread, stop: threading.Event, timeout_s: float) -> None:
     """Wait for the load thread; a KeyboardInterrupt asks it to stop, waits for it, and re-raises."""
     try:
         while th.is_alive():
             th.join(0.2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C / kernel interrupt, or SIGTERM via the deployment's handler
         stop.set()
         th.join(timeout_s + 10)
         raise
