@@ -9,7 +9,6 @@ import asyncio
 import json
 import math
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,17 +19,12 @@ import httpx
 
 from pdlab.emulator import perfmodel
 from pdlab.profiles import gpu, model
+from pdlab.util import free_port
 
 M32 = model("Qwen3-32B")
 BASE = [sys.executable, "-m", "pdlab.emulator", "--model-path", "/models/Qwen3-32B/", "--tp", "2", "--host",
         "127.0.0.1", "--enable-metrics"]
 OVERHEAD_S = 0.002  # the emulator's default --emu-step-overhead-ms
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from pdlab.emulator.cli import parse as parse_emulator_args
 from pdlab.emulator.engine import EngineConfig, SimRequest, simulate
 from pdlab.errors import SpecError
 from pdlab.load.arrivals import send_times
+from pdlab.load.datasets import sample_length
 from pdlab.spec import experiment_from_dict
 from pdlab.topology import build, enumerate_ratios
 
@@ -62,14 +63,10 @@ def workload(exp: Experiment, rate: float, duration_s: float, seed: int) -> list
     """Arrivals of one level (the spec's arrival process) with seeded prompt/output lengths."""
     w, ds = exp.workload, exp.workload.dataset
     rng = random.Random(seed)
-
-    def length(n: int) -> int:
-        lo, hi = max(1, int(n * (1 - ds.range_ratio))), max(1, int(n * (1 + ds.range_ratio)))
-        return rng.randint(lo, hi)
-
     times = send_times(w.arrival, rate, burstiness=w.burstiness, seed=[seed, int(rate * 1000)],
                        duration_s=duration_s, count=w.num_prompts)
-    return [SimRequest(t, length(ds.input_len), length(ds.output_len)) for t in times]
+    return [SimRequest(t, sample_length(rng, ds.input_len, ds.range_ratio),
+                       sample_length(rng, ds.output_len, ds.range_ratio)) for t in times]
 
 
 def simulate_arm(exp: Experiment, rate: float, *, duration_s: float, seed: int = 0) -> dict:

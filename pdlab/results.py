@@ -54,6 +54,7 @@ import yaml
 import pdlab
 from pdlab.errors import PdlabError
 from pdlab.spec import dump_yaml, redact
+from pdlab.util import write_atomic
 
 SUMMARY = "summary.json"
 INCOMPLETE = "incomplete.json"
@@ -64,17 +65,6 @@ _RUN_FILES = ("manifests.yaml", "provenance.json", "requests.parquet", "server_m
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically (tmp in the same directory + os.replace)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _json_default(o: Any) -> Any:

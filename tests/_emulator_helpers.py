@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,7 @@ import httpx
 
 from pdlab.emulator.cli import parse
 from pdlab.emulator.server import create_app
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pdlab.util import free_port
 
 
 @contextlib.asynccontextmanager

