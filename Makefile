@@ -24,6 +24,7 @@ test-fast: $(BIN)/pdlab
 
 lint: $(BIN)/pdlab
 	$(BIN)/ruff check pdlab tests benchmarks notebooks
+	$(BIN)/lint-imports
 
 bench: $(BIN)/pdlab
 	$(BIN)/python benchmarks/run_all.py

@@ -124,9 +124,9 @@ def start_server(core: int, gap_s: float = TOKEN_GAP_S) -> tuple[mp.Process, str
 
 def run_pdlab(url: str, arrival: str, rate: float, duration_s: float, *, spill_dir: Path | None = None,
               num_prompts: int | None = None, input_len: int = 64) -> dict:
-    from pdlab.load import LevelPlan, RecordSink, make_dataset, run_level_sync
-    from pdlab.metrics import summarize_level
-    from pdlab.spec import DatasetSpec
+    from pdlab.core.stats import summarize_level
+    from pdlab.experiment.spec import DatasetSpec
+    from pdlab.measure.load import LevelPlan, RecordSink, make_dataset, run_level_sync
 
     ds = make_dataset(DatasetSpec(input_len=input_len, output_len=TOKENS), seed=0)
     sink = RecordSink(spill_dir)
@@ -344,7 +344,7 @@ def memory(args) -> None:
     import pandas  # noqa: F401 - count the libraries' own footprint in the baseline
     import pyarrow  # noqa: F401
 
-    from pdlab.load.datasets import word_tokens
+    from pdlab.measure.load.datasets import word_tokens
 
     word_tokens()
     base = _rss_mb()

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 
 import httpx
 
+from pdlab.core.fsutil import free_port
 from pdlab.emulator import perfmodel
-from pdlab.profiles import gpu, model
-from pdlab.util import free_port
+from pdlab.experiment.profiles import gpu, model
 
 M32 = model("Qwen3-32B")
 BASE = [sys.executable, "-m", "pdlab.emulator", "--model-path", "/models/Qwen3-32B/", "--tp", "2", "--host",
@@ -96,7 +96,7 @@ def chat(prompt_words: int, max_tokens: int, seed: int = 0) -> dict:
 
 # -- fidelity ---------------------------------------------------------------------------------------
 def independent_step(prompt: int, ctx: int, decode_kv: list[int], tp: int = 2) -> float:
-    """An independent re-derivation of the step time from DESIGN.md's roofline (Qwen3-32B, L20)."""
+    """An independent re-derivation of the step time from the roofline in docs/architecture.md (Qwen3-32B, L20)."""
     L, h, H, KV, d, inter, V = 64, 5120, 64, 8, 128, 25600, 151936
     peak, bw, ar_bw, ar_lat = 119.5e12, 864e9, 32e9, 25e-6
     params_layer = h * H * d * 2 + 2 * h * KV * d + 3 * h * inter
@@ -165,7 +165,7 @@ def fidelity() -> None:
 # -- calibration ------------------------------------------------------------------------------------
 def calibration() -> None:
     g = gpu("H100")
-    print("Calibration (Qwen3-32B, H100 TP2, all-reduce and overhead left out); quoted from DESIGN.md")
+    print("Calibration (Qwen3-32B, H100 TP2, all-reduce and overhead left out); as quoted in docs/architecture.md")
     print(f"{'prefill tokens':<16}{'predicted eff':>14}{'quoted':>10}")
     for n in (256, 1024, 2048, 4096, 8192):
         c = perfmodel.step_time(M32, g, 2, prefill=[(n, 0)], allreduce=False)

@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pdlab.plan import plan
-from pdlab.results import load_run
-from pdlab.run import run_experiment
-from pdlab.spec import load_experiment
+from pdlab.analysis.results import load_run
+from pdlab.experiment.loader import load_experiment
+from pdlab.measure.run import run_experiment
+from pdlab.plan.planner import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ["ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "output_throughput_per_gpu"]

@@ -12,7 +12,7 @@ all-reduce), BF16, `--layers` decoder layers (RMSNorm, fused QKV, SDPA attention
 SwiGLU MLP) timed with CUDA events and scaled to the model's layer count, plus the LM head on the last
 token of each sequence. Prefill: one sequence of N tokens. Decode: a batch of B sequences with C tokens
 of KV each, replayed as a CUDA graph as SGLang does. `compare` prints measured ÷ predicted and the
-efficiency each measurement implies, i.e. the numbers a calibration of `pdlab/profiles/gpus.yaml` uses.
+efficiency each measurement implies, i.e. the numbers a calibration of `pdlab/experiment/profiles/gpus.yaml` uses.
 """
 
 from __future__ import annotations
@@ -147,8 +147,8 @@ def measure(args: argparse.Namespace) -> None:
 
 def compare(args: argparse.Namespace) -> None:
     from pdlab.emulator.perfmodel import flops_per_step, step_time
-    from pdlab.profiles import gpu as gpu_profile
-    from pdlab.profiles import model as model_profile
+    from pdlab.experiment.profiles import gpu as gpu_profile
+    from pdlab.experiment.profiles import model as model_profile
 
     g = gpu_profile(args.gpu)
     print(f"{'file':<28} {'phase':<8} {'tok/batch':>9} {'ctx':>6} {'measured ms':>12} {'predicted ms':>13} "

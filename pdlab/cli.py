@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pdlab import __version__
-from pdlab.errors import PdlabError
+from pdlab.core.errors import PdlabError
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -79,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_manifests(a: argparse.Namespace) -> int:
-    from pdlab import manifests
-    from pdlab.spec import load_experiment
+    from pdlab.deploy import manifests
+    from pdlab.experiment.loader import load_experiment
 
     objs: list[dict] = []
     if a.params:
@@ -94,7 +94,7 @@ def cmd_manifests(a: argparse.Namespace) -> int:
             raise PdlabError("give a params file (or --rbac for pdlab's own RBAC)")
         namespace = a.namespace or "default"
     if a.rbac:
-        from pdlab.backends.k8s import rbac_manifests
+        from pdlab.deploy.k8s import rbac_manifests
 
         objs = rbac_manifests(namespace) + ([] if not a.params else objs)
     sys.stdout.write(manifests.to_yaml(objs, header=f"rendered by pdlab {__version__}"))
@@ -102,19 +102,19 @@ def cmd_manifests(a: argparse.Namespace) -> int:
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
-    from pdlab.spec import dump_yaml, read_yaml, resolved
+    from pdlab.experiment.spec import dump_yaml, read_yaml, resolved
 
     doc = read_yaml(a.params)
     if "grid" in doc or "baselines" in doc or "sweep" in doc:
-        from pdlab.sweepspec import load_sweep
+        from pdlab.experiment.sweepspec import load_sweep
 
         sw = load_sweep(a.params, a.overrides)
         print(f"sweep '{sw.name}': {len(sw.points)} point(s)")
         for pt in sw.points:
             print(f"  {pt.run:<28} {pt.arm:<24} {pt.gpus} GPUs  {pt.overrides or ''}")
         return 0
-    from pdlab.spec import load_experiment
-    from pdlab.topology import build
+    from pdlab.experiment.loader import load_experiment
+    from pdlab.experiment.topology import build
 
     exp = load_experiment(a.params, a.overrides)
     topo = build(exp)
@@ -124,8 +124,8 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from pdlab.plan import format_plan, plan
-    from pdlab.spec import load_experiment
+    from pdlab.experiment.loader import load_experiment
+    from pdlab.plan.planner import format_plan, plan
 
     exp = load_experiment(a.params, a.overrides)
     print(f"planning {exp.model.name} on {exp.gpu.type}: every arm at equal GPU count, rates "
@@ -139,20 +139,17 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def cmd_deploy(a: argparse.Namespace) -> int:
-    from pdlab.spec import load_experiment
+    from pdlab.deploy.hold import deploy_and_hold
+    from pdlab.experiment.loader import load_experiment
 
-    exp = load_experiment(a.params, a.overrides)
-    if exp.backend.kind == "local":
-        from pdlab.backends.local import deploy_and_hold
-    else:
-        from pdlab.backends.k8s import deploy_and_hold
-    deploy_and_hold(exp)
+    deploy_and_hold(load_experiment(a.params, a.overrides))
     return 0
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from pdlab.run import format_summary, run_experiment
-    from pdlab.spec import load_experiment
+    from pdlab.analysis.summary_table import format_summary
+    from pdlab.experiment.loader import load_experiment
+    from pdlab.measure.run import run_experiment
 
     exp = load_experiment(a.params, a.overrides)
     run_dir = run_experiment(exp, results=a.results, run_name=a.name, progress=True)
@@ -162,13 +159,13 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from pdlab.sweep import run_sweep
+    from pdlab.orchestrate.sweep import run_sweep
 
     return run_sweep(a.sweep, overrides=a.overrides, results=a.results, force=a.force, dry_run=a.dry_run)
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from pdlab.report import render_report
+    from pdlab.orchestrate.report import render_report
 
     path = render_report(Path(a.sweep_dir), with_code=a.with_code)
     print(path)
@@ -177,11 +174,11 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def cmd_cleanup(a: argparse.Namespace) -> int:
     if a.backend == "local":
-        from pdlab.backends.local import cleanup_local
+        from pdlab.deploy.local import cleanup_local
 
         removed = cleanup_local(experiment=a.experiment)
     else:
-        from pdlab.backends.k8s import cleanup_k8s
+        from pdlab.deploy.k8s import cleanup_k8s
 
         removed = cleanup_k8s(kubeconfig=a.kubeconfig, context=a.context, namespace=a.namespace,
                               experiment=a.experiment)

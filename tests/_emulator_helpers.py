@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 
+from pdlab.core.fsutil import free_port
 from pdlab.emulator.cli import parse
 from pdlab.emulator.server import create_app
-from pdlab.util import free_port
 
 
 @contextlib.asynccontextmanager

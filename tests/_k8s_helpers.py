@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pdlab.backends.k8s import K8sBackend
-from pdlab.spec import Experiment, K8sSpec, load_experiment
+from pdlab.deploy.k8s import K8sBackend
+from pdlab.experiment.loader import load_experiment
+from pdlab.experiment.spec import Experiment, K8sSpec
 from pdlab.testing.fakekube import FakeKube, Options
 
 ROOT = Path(__file__).resolve().parents[1]

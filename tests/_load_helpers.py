@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from pdlab.util import free_port
+from pdlab.core.fsutil import free_port
 
 TOKEN_GAP_S = 0.002
 

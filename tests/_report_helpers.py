@@ -1,4 +1,4 @@
-"""Synthetic tidy DataFrames shaped like `pdlab.results.load_sweep` / `load_run` output, for plots and verdicts."""
+"""Synthetic tidy DataFrames shaped like `pdlab.analysis.results.load_sweep` / `load_run` output, for plots and verdicts."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from _report_helpers import synthetic_requests, synthetic_summary
 
-from pdlab import compare
+from pdlab.analysis import compare
 
 PD, CO = "2P2D (TP1)", "colocated 4×TP1"
 RATES = [2.0, 4.0, 8.0]

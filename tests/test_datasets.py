@@ -5,9 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from pdlab.load.arrivals import intervals, send_times
-from pdlab.load.datasets import DatasetError, count_tokens, filter_sharegpt, make_dataset, sharegpt_rows
-from pdlab.spec import DatasetSpec
+from pdlab.experiment.spec import DatasetSpec
+from pdlab.measure.load.arrivals import intervals, send_times
+from pdlab.measure.load.datasets import (
+    DatasetError,
+    count_tokens,
+    filter_sharegpt,
+    make_dataset,
+    sharegpt_rows,
+)
 
 
 def test_random_prompts_exact_token_counts_and_deterministic():

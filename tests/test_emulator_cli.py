@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
+from pdlab.core.errors import SpecError
 from pdlab.emulator.cli import parse
-from pdlab.errors import SpecError
 
 SEED = ["--model-path", "/models/Qwen3-32B/", "--tp", "2", "--disaggregation-mode", "prefill",
         "--disaggregation-bootstrap-port", "34000", "--port", "8000", "--host", "127.0.0.1", "--enable-metrics"]

@@ -2,7 +2,7 @@
 
 from pdlab.emulator import perfmodel as pm
 from pdlab.emulator.engine import Engine, EngineConfig, Req, SimRequest, simulate
-from pdlab.profiles import gpu, model
+from pdlab.experiment.profiles import gpu, model
 
 M, G = model("Qwen3-32B"), gpu("L20")
 

@@ -13,7 +13,7 @@ from kubernetes import client as kclient
 from kubernetes import config as kconfig
 from kubernetes.client.rest import ApiException
 
-from pdlab import manifests as M
+from pdlab.deploy import manifests as M
 from pdlab.testing.fakekube import ApiFault, Faults
 from tests._k8s_helpers import RBG, ROOT, SEED, fake_kube, kubectl, seed
 
@@ -169,7 +169,7 @@ def test_patch_flavours_and_server_side_apply():
         stored = kube.objects(RBG)[0]
         assert stored["spec"]["roles"][1]["replicas"] == 2 and stored["metadata"]["generation"] == gen + 1
         # server-side apply creates, then updates, idempotently
-        from pdlab.backends.k8s_client import Rest
+        from pdlab.deploy.k8s_client import Rest
 
         rest = Rest(api)
         svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ssa", "namespace": "default"},

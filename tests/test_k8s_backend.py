@@ -12,10 +12,10 @@ import re
 import httpx
 import pytest
 
-from pdlab import manifests as M
-from pdlab.backends.k8s import K8sBackend, rbac_manifests
-from pdlab.backends.k8s_client import Rest, load_client
-from pdlab.errors import DeployError, ResourceError
+from pdlab.core.errors import DeployError, ResourceError
+from pdlab.deploy import manifests as M
+from pdlab.deploy.k8s import K8sBackend, rbac_manifests
+from pdlab.deploy.k8s_client import Rest, load_client
 from pdlab.testing.fakekube import ApiFault, Faults
 from tests._k8s_helpers import RBG, backend, fake_kube, pdlab_objects, run_cli, seed
 
@@ -66,7 +66,7 @@ def test_deploy_stream_through_port_forward_and_teardown_leaves_nothing(tmp_path
                     assert (emulated["gpu"], emulated["link"], emulated["time_scale"],
                             emulated["step_overhead_s"]) == ("H20", "tcp", 0.02, 0.0015)
             assert {p["metadata"]["labels"][M.RUN_LABEL] for p in kube.objects("pods")} == {"run-1"}
-            assert dep.provenance()["server_version"].startswith("v1.32")
+            assert dep.cluster_info()["server_version"].startswith("v1.32")
         assert pdlab_objects(kube) == []
         assert kube.objects("pods") == []
     assert any("Scheduled" in e for e in events) and any("all roles ready" in e for e in events)
@@ -104,7 +104,7 @@ def test_emulator_args_reach_pods_only_on_an_emulated_cluster():
                     args = json.loads(ann[role][M.EMULATOR_ARGS_ANNOTATION]) if emulated else None
                     assert args == (["--emu-gpu", "L20", "--emu-link", "erdma", "--emu-time-scale", "0.5"]
                                     if emulated else None)
-                assert dep.cluster_info["emulated"] is emulated
+                assert dep.cluster_info()["emulated"] is emulated
                 assert all(o["kind"] != "Secret" for o in dep.manifests())
 
 
@@ -224,7 +224,7 @@ def test_rbac_is_least_privilege_and_applies():
 
 def test_backend_from_spec_loads_kubeconfig_context_and_rejects_unknown_context(tmp_path):
     with fake_kube(**API_ONLY) as kube:
-        from pdlab.spec import K8sSpec
+        from pdlab.experiment.spec import K8sSpec
 
         with pytest.raises(DeployError, match="no context 'prod'"):
             K8sBackend(K8sSpec(kubeconfig=str(kube.kubeconfig()), context="prod")).rest()

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
+from pdlab.analysis.results import load_run
 from pdlab.cli import main
-from pdlab.results import load_run
 from pdlab.testing.fakekube import Faults
 from tests._k8s_helpers import ROOT, fake_kube, pdlab_objects, run_cli
 
@@ -146,7 +146,7 @@ def test_interrupted_k8s_run_is_saved_incomplete_and_torn_down(sig, rc, tmp_path
 def test_deploy_notebook_on_the_fake_cluster(tmp_path):
     import papermill as pm
 
-    from pdlab.sweep import kernel_name, notebooks_dir
+    from pdlab.orchestrate.notebook import kernel_name, notebooks_dir
 
     out = tmp_path / "deploy.ipynb"
     with fake_kube(emu_time_scale=None) as kube:
@@ -165,7 +165,7 @@ def test_deploy_notebook_on_the_fake_cluster(tmp_path):
 def test_benchmark_notebook_on_the_fake_cluster(tmp_path):
     import papermill as pm
 
-    from pdlab.sweep import kernel_name, notebooks_dir
+    from pdlab.orchestrate.notebook import kernel_name, notebooks_dir
 
     with fake_kube(emu_time_scale=None) as kube:
         pm.execute_notebook(str(notebooks_dir() / "benchmark.ipynb"), str(tmp_path / "benchmark.ipynb"),

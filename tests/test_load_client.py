@@ -7,9 +7,9 @@ import time
 import pytest
 from _load_helpers import serve
 
-from pdlab.load import LevelPlan, LoadClient, RecordSink, make_dataset, run_level_sync
-from pdlab.load.datasets import Prompt
-from pdlab.spec import DatasetSpec
+from pdlab.experiment.spec import DatasetSpec
+from pdlab.measure.load import LevelPlan, LoadClient, RecordSink, make_dataset, run_level_sync
+from pdlab.measure.load.datasets import Prompt
 
 PROMPT = Prompt(0, " hello world", 2, 5)
 

@@ -4,7 +4,7 @@ import asyncio
 
 import httpx
 
-from pdlab.load.netbackend import lean_transport
+from pdlab.measure.load.netbackend import lean_transport, uses_lean_pool
 
 LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=60.0)
 
@@ -72,3 +72,9 @@ def test_large_body_and_unreachable():
     content, streamed, err = asyncio.run(main())
     assert content == big and streamed == len(big)
     assert isinstance(err, httpx.ConnectError)
+
+
+def test_adapter_still_reaches_httpx_pool():
+    """The one private detail (httpx's transport._pool) still exists: fails when httpx changes it."""
+    assert uses_lean_pool(lean_transport(limits=LIMITS))
+    assert not uses_lean_pool(httpx.AsyncHTTPTransport())

@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pdlab.backends import LocalBackend, LocalDeployment, capacity, cleanup_local
-from pdlab.backends import local as L
-from pdlab.errors import DeployError, ResourceError
-from pdlab.spec import experiment_from_dict
+from pdlab.core.errors import DeployError, ResourceError
+from pdlab.deploy import local as L
+from pdlab.deploy.local import LocalBackend, LocalDeployment, capacity, cleanup_local
+from pdlab.experiment.loader import experiment_from_dict
 
 WORKER_CMD = None  # the real `python -m pdlab.emulator`; tests may swap the worker command
 
@@ -183,7 +183,7 @@ def test_crashed_owner_then_cleanup_kills_orphans_only(tmp_path, state_dir):
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_local_backend import _exp, WORKER_CMD
-        from pdlab.backends import LocalBackend
+        from pdlab.deploy.local import LocalBackend
         dep = LocalBackend(worker_cmd=WORKER_CMD).deploy(_exp(), run_dir={str(tmp_path / 'run')!r})
         print("READY", flush=True)
         time.sleep(60)
@@ -260,7 +260,8 @@ def test_deploy_and_hold_prints_endpoint_and_tears_down_on_signal(sig, code, tmp
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_local_backend import _exp, WORKER_CMD
-        from pdlab.backends import LocalBackend, deploy_and_hold
+        from pdlab.deploy.hold import deploy_and_hold
+        from pdlab.deploy.local import LocalBackend
         deploy_and_hold(_exp(), run_dir={str(tmp_path)!r}, backend=LocalBackend(worker_cmd=WORKER_CMD),
                         out=lambda s: print(s, flush=True))
     """)
@@ -299,7 +300,7 @@ def test_interpreter_exit_without_teardown_still_stops_everything(tmp_path, stat
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_local_backend import _exp, WORKER_CMD
-        from pdlab.backends import LocalBackend
+        from pdlab.deploy.local import LocalBackend
         dep = LocalBackend(worker_cmd=WORKER_CMD).deploy(_exp("colocated"), run_dir={str(tmp_path)!r})
         print(" ".join(str(e.pid) for e in dep.endpoints), flush=True)
     """)  # no `with`, no teardown: like a notebook kernel that exits

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from conftest import SHARED
 
-from pdlab.manifests import render, to_yaml
-from pdlab.spec import experiment_from_dict, load_experiment
+from pdlab.deploy.manifests import render, to_yaml
+from pdlab.experiment.loader import experiment_from_dict, load_experiment
 
 CRD = SHARED / "crds" / "workloads.x-k8s.io_rolebasedgroups.yaml"
 K8S_VERSION = "1.32.0"

@@ -1,4 +1,4 @@
-"""pdlab.metrics on synthetic records with hand-computed answers."""
+"""pdlab.core.stats on synthetic records with hand-computed answers."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pdlab.metrics import client_health, itl_values, summarize, summarize_level
+from pdlab.core.stats import client_health, itl_values, summarize, summarize_level
 
 
 def rec(req_id, t_send, chunks, t_end, out, *, prompt=100, ok=True, warmup=False, t_sched=None, level=0,

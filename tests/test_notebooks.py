@@ -10,9 +10,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pdlab.errors import PdlabError, SpecError
-from pdlab.sweep import plan, run_sweep
-from pdlab.sweepspec import load_sweep
+from pdlab.core.errors import PdlabError, SpecError
+from pdlab.experiment.sweepspec import load_sweep
+from pdlab.orchestrate.sweep import plan, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = f"""
@@ -128,7 +128,7 @@ def test_sweep_resumes_and_never_overwrites(swept, capsys):
 def test_deploy_notebook_runs(tmp_path: Path):
     import papermill as pm
 
-    from pdlab.sweep import kernel_name, notebooks_dir
+    from pdlab.orchestrate.notebook import kernel_name, notebooks_dir
 
     out = tmp_path / "deploy.ipynb"
     pm.execute_notebook(str(notebooks_dir() / "deploy.ipynb"), str(out), kernel_name=kernel_name(),

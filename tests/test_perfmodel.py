@@ -5,7 +5,7 @@ import math
 import pytest
 
 from pdlab.emulator import perfmodel as pm
-from pdlab.profiles import GPUProfile, LinkProfile, ModelProfile, gpu, link, model
+from pdlab.experiment.profiles import GPUProfile, LinkProfile, ModelProfile, gpu, link, model
 
 TOY = ModelProfile(name="toy", num_hidden_layers=2, hidden_size=8, num_attention_heads=2, num_key_value_heads=1,
                    head_dim=4, intermediate_size=16, vocab_size=10, dtype_bytes=2)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pdlab.cli import main
-from pdlab.plan import arms, best_per_rate, engine_config, format_plan, plan
-from pdlab.spec import load_experiment
-from pdlab.topology import build
+from pdlab.experiment.loader import load_experiment
+from pdlab.experiment.topology import build
+from pdlab.plan.planner import arms, best_per_rate, engine_config, format_plan, plan
 
 
 @pytest.fixture
@@ -58,7 +58,8 @@ def test_cli_plan_and_its_errors(params_dir: Path, capsys, tmp_path: Path) -> No
                "--set", "workload.duration_s=10", "--csv", str(out)])
     assert rc == 0
     assert "1P1D (TP1)" in capsys.readouterr().out and out.read_text().startswith("arm,")
-    rc = main(["plan", str(params_dir / "demo-local.yaml"), "--set", "workload.concurrencies=[4]"])
+    rc = main(["plan", str(params_dir / "demo-local.yaml"), "--set", "workload.concurrencies=[4]",
+                "--set", "workload.rates=null"])
     assert rc == 2 and "workload.rates" in capsys.readouterr().err
     rc = main(["plan", str(params_dir / "demo-local.yaml"), "--budget", "3", "--tp", "2"])
     assert rc == 2 and "--budget" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from _report_helpers import synthetic_requests, synthetic_server, synthetic_summary  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
-from pdlab import plots  # noqa: E402
+from pdlab.analysis import plots  # noqa: E402
 
 ARMS = {"1P3D (TP1)": lambda r: r * 0.2, "2P2D (TP1)": lambda r: r * 0.25, "colocated 4×TP1": lambda r: r * 0.22}
 RATES = [2.0, 4.0, 8.0]

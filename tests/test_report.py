@@ -11,8 +11,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from pdlab.errors import PdlabError
-from pdlab.report import render_index, render_report
+from pdlab.core.errors import PdlabError
+from pdlab.orchestrate.report import render_index, render_report
 
 PNG = base64.b64encode(bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -39,7 +39,8 @@ def sweep_dir(tmp_path: Path) -> Path:
             (d / run / "summary.json").write_text("{}")
             _executed(d / run / "notebook.ipynb")
     (d / "sweep.json").write_text(json.dumps({"sweep": "s", "file": "/x/s.yaml", "points": [
-        {"run": "a", "arm": "2P2D (TP1)", "repeat": 0}, {"run": "b", "arm": "colocated 4×TP1", "repeat": 0}]}))
+        {"run": "a", "arm": "2P2D (TP1)", "repeat": 0}, {"run": "b", "arm": "colocated 4×TP1", "repeat": 0},
+        {"run": "c", "arm": "colocated 4×TP1", "repeat": 1}]}))
     _executed(d / "compare.ipynb")
     return d
 
@@ -65,7 +66,8 @@ def test_index_links_report_and_runs(sweep_dir: Path):
     index = render_index(sweep_dir).read_text()
     assert 'href="report.html"' in index and 'href="a/report.html"' in index and 'href="a/notebook.ipynb"' in index
     assert "colocated 4×TP1" in index and "incomplete" not in index.split("<td>b</td>")[0]
-    assert "not run" in index
+    assert "not run" in index.split("<td>c</td>")[1]  # never started
+    assert "incomplete" in index.split("<td>b</td>")[1].split("<td>c</td>")[0]  # started (params.yaml), no summary
 
 
 def test_report_without_runs_is_a_clear_error(tmp_path: Path):

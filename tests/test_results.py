@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 from _load_helpers import serve
 
-from pdlab.backends.base import Deployment, Endpoint
-from pdlab.errors import PdlabError
-from pdlab.results import RunWriter, load_run, load_sweep
-from pdlab.run import format_summary, print_summary, run_experiment
-from pdlab.spec import experiment_from_dict
+from pdlab.analysis.results import load_run, load_sweep
+from pdlab.analysis.summary_table import format_summary, print_summary
+from pdlab.core.errors import PdlabError
+from pdlab.deploy.base import Deployment, Endpoint
+from pdlab.experiment.loader import experiment_from_dict
+from pdlab.measure.run import run_experiment
+from pdlab.measure.writer import RunWriter
 
 
 class FakeDeployment(Deployment):
@@ -48,7 +50,7 @@ def exp(**workload):
          "duration_s": None, "num_prompts": 10, "warmup": 1}
     w.update(workload)
     return experiment_from_dict({"name": "t", "topology": {"kind": "colocated", "worker": {"replicas": 2, "tp": 2}},
-                                 "workload": w, "labels": {"arm": "colo", "repeat": "1", "note": "x"},
+                                 "workload": w, "arm": "colo", "labels": {"arm": "colo", "repeat": "1", "note": "x"},
                                  "storage": {"oss": {"bucket": "b"}}})
 
 
@@ -96,12 +98,13 @@ def test_run_experiment_complete_and_loaders(url, tmp_path, capsys):
     assert r1["ratio"].tolist() == ["colocated-2x"] * 2 and r1["label_note"].tolist() == ["x", "x"]
     assert r1["rate"].tolist() == [20.0, 40.0] and r1["gpus"].tolist() == [4, 4]
     r2 = df[df.run == "r2"].iloc[0]
-    assert (r2["arm"], r2["topology_kind"], r2["prefill"], r2["decode"], r2["gpus"]) == ("1P1D", "pd", 1, 1, 4)
+    assert (r2["arm"], r2["topology_kind"], r2["prefill"], r2["decode"], r2["gpus"]) == ("1P1D (TP2)", "pd", 1, 1, 4)
+    assert r2["ratio"] == "1P1D" and json.loads((tmp_path / "s1" / "r2" / "summary.json").read_text())["arm"]["gpus"] == 4
     assert pd.api.types.is_float_dtype(df["ttft_p99_ms"]) and df["completed"].tolist() == [10, 10, 5]
 
 
 def test_crash_keeps_partial_results(url, tmp_path, monkeypatch):
-    import pdlab.run as runmod
+    import pdlab.measure.run as runmod
 
     real = runmod.run_level_sync
     calls = []
@@ -132,7 +135,7 @@ def test_crash_keeps_partial_results(url, tmp_path, monkeypatch):
 
 
 def test_deploy_failure_is_recorded_and_owned_deployment_torn_down(url, tmp_path, monkeypatch):
-    import pdlab.backends.base as base
+    import pdlab.deploy.registry as registry
 
     dep = FakeDeployment(url)
 
@@ -143,8 +146,8 @@ def test_deploy_failure_is_recorded_and_owned_deployment_torn_down(url, tmp_path
         def deploy(self, e, *, run_dir=None, run_id=None, wait=True):
             return dep
 
-    monkeypatch.setattr(base, "get_backend", lambda e: FakeBackend())
-    import pdlab.run as runmod
+    monkeypatch.setattr(registry, "get_backend", lambda e: FakeBackend())
+    import pdlab.measure.run as runmod
 
     monkeypatch.setattr(runmod, "make_dataset", lambda *a, **k: (_ for _ in ()).throw(Boom("dataset broke")))
     with pytest.raises(Boom):

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from pdlab.results import load_run, load_sweep
-from pdlab.run import format_summary, run_experiment
-from pdlab.spec import experiment_from_dict
+from pdlab.analysis.results import load_run, load_sweep
+from pdlab.analysis.summary_table import format_summary
+from pdlab.experiment.loader import experiment_from_dict
+from pdlab.measure.run import run_experiment
 
 
 @pytest.mark.slow

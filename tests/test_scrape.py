@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 from _load_helpers import METRICS_TEXT, serve
 
-from pdlab.scrape import COLUMNS, Scraper, parse_metrics
+from pdlab.core.schema import SERVER_METRIC_COLUMNS as COLUMNS
+from pdlab.measure.scrape import Scraper, parse_metrics
 
 
 def test_parse_metrics_long_format():

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from pdlab.cli import main
-from pdlab.errors import SpecError
-from pdlab.spec import experiment_from_dict, load_experiment, redact, resolved
-from pdlab.sweepspec import load_sweep
+from pdlab.core.errors import SpecError
+from pdlab.experiment.loader import experiment_from_dict, load_experiment
+from pdlab.experiment.spec import redact, resolved
+from pdlab.experiment.sweepspec import load_sweep
 
 
 def test_seed_params_resolve(params_dir: Path) -> None:
@@ -43,6 +44,8 @@ def test_overrides_are_validated_and_recorded(params_dir: Path) -> None:
 
 def test_concurrency_levels_replace_rates() -> None:
     exp = experiment_from_dict({"workload": {"concurrencies": [1, 8]}})
+    with pytest.raises(SpecError, match="both 'rates' and 'concurrencies'"):
+        experiment_from_dict({"workload": {"concurrencies": [1, 8], "rates": [2]}})
     assert exp.workload.levels == [("concurrency", 1.0), ("concurrency", 8.0)]
 
 

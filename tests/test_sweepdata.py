@@ -1,6 +1,6 @@
 """Which runs a report labels 'emulated'."""
 
-from pdlab.sweepdata import is_emulated
+from pdlab.analysis.sweepdata import is_emulated
 
 
 def test_local_emulator_runs_are_emulated() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pdlab.errors import SpecError
-from pdlab.spec import experiment_from_dict
-from pdlab.topology import build, colocated_baseline, enumerate_ratios
+from pdlab.core.errors import SpecError
+from pdlab.experiment.loader import experiment_from_dict
+from pdlab.experiment.topology import build, colocated_baseline, enumerate_ratios
 
 
 def test_seed_topology_accounting() -> None:

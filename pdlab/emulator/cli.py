@@ -13,19 +13,29 @@ import argparse
 import sys
 from pathlib import Path
 
+from pdlab.core.errors import PdlabError, SpecError, closest
 from pdlab.emulator.engine import EngineConfig
 from pdlab.emulator.worker import WorkerConfig
-from pdlab.errors import PdlabError, SpecError, closest
-from pdlab.profiles import LinkProfile, gpu, link, model, model_for_path, model_from_config
+from pdlab.experiment.profiles import LinkProfile, gpu, link, model, model_for_path, model_from_config
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with its message and remembers the long flags it was given (for did-you-mean)."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        self.long_flags: list[str] = []
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+
+    def add_argument(self, *names: str, **kw: object) -> argparse.Action:  # type: ignore[override]
+        self.long_flags += [n for n in names if n.startswith("--")]
+        return super().add_argument(*names, **kw)  # type: ignore[arg-type]
+
     def error(self, message: str) -> None:  # exit 2 with argparse's message
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     """The CLI parser: sglang.launch_server's flags that pdlab renders, and --emu-* flags."""
     p = _Parser(prog="python -m pdlab.emulator", allow_abbrev=False,
                 description="Emulated SGLang worker (pdlab): SGLang's HTTP surface, timing from a GPU performance model.")
@@ -63,17 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _flags(parser: argparse.ArgumentParser) -> list[str]:
-    return [s for act in parser._actions for s in act.option_strings if s.startswith("--")]
-
-
 def parse(argv: list[str]) -> WorkerConfig:
     """Resolve CLI arguments into a WorkerConfig; unknown flags exit 2 naming the closest supported flag."""
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
     if extra:
         bad = extra[0].split("=", 1)[0]
-        hint = closest(bad, _flags(parser))
+        hint = closest(bad, parser.long_flags)
         parser.error(f"unknown flag {bad}" + (f" (did you mean {hint}?)" if hint else "")
                      if bad.startswith("-") else f"unexpected argument {bad!r}")
     if ns.emu_model_config:

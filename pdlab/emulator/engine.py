@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pdlab.emulator import perfmodel
-from pdlab.profiles import GPUProfile, LinkProfile, ModelProfile
-from pdlab.profiles import gpu as gpu_profile
-from pdlab.profiles import link as link_profile
+from pdlab.experiment.profiles import GPUProfile, LinkProfile, ModelProfile
+from pdlab.experiment.profiles import gpu as gpu_profile
+from pdlab.experiment.profiles import link as link_profile
 
 MODES = ("null", "prefill", "decode")
 

@@ -37,6 +37,7 @@ class WorkerMetrics:
         self.num_used_tokens = gauge("num_used_tokens", "The number of used tokens.")
         self.token_usage = gauge("token_usage", "The token usage.")
         self.gen_throughput = gauge("gen_throughput", "The generation throughput (token/s).")
+        self.last_gen_throughput = 0.0  # what gen_throughput was last set to (for /get_server_info)
         self.cache_hit_rate = gauge("cache_hit_rate", "The prefix cache hit rate.")
         self.max_total_num_tokens = gauge("max_total_num_tokens", "Maximum total number of tokens in the KV pool.")
         self.num_prefill_inflight_queue_reqs = gauge(

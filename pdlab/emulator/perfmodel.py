@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pdlab.profiles import GPUProfile, LinkProfile, ModelProfile
+from pdlab.experiment.profiles import GPUProfile, LinkProfile, ModelProfile
 
 GB = 1e9
 

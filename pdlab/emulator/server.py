@@ -44,7 +44,7 @@ def create_app(cfg: WorkerConfig) -> Starlette:
             "mem_fraction_static": e.config.mem_fraction_static, "context_length": e.config.context_length,
             "stream_interval": cfg.stream_interval, "enable_metrics": cfg.enable_metrics,
             "max_total_num_tokens": e.pool, "version": VERSION,
-            "internal_states": [{"last_gen_throughput": worker.metrics.gen_throughput._value.get(),
+            "internal_states": [{"last_gen_throughput": worker.metrics.last_gen_throughput,
                                  "memory_usage": {"token_capacity": e.pool}}],
             "emulated": {"gpu": e.config.gpu.name, "model": e.config.model.name, "link": e.config.link.name,
                          "link_bw_gbps": e.config.link.bw_gbps, "step_overhead_s": e.config.step_overhead_s,

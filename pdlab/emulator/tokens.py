@@ -6,7 +6,7 @@ import random
 from functools import cache
 from typing import Any
 
-from pdlab.tokenizer import EOS_TOKEN_ID, TOKENIZER_NAME, tokenizer  # noqa: F401 (re-exported)
+from pdlab.core.tokenizer import EOS_TOKEN_ID, TOKENIZER_NAME, tokenizer  # noqa: F401 (re-exported)
 
 # Common English words; each encodes to one token (" word") in the Qwen vocabulary.
 _WORDS = (

@@ -268,7 +268,8 @@ class Worker:
             m.num_decode_transfer_queue_reqs.set(len(e.transferring))
         t0, g0 = self._tp_last
         if now - t0 >= 1.0:
-            m.gen_throughput.set((e.generation_tokens_total - g0) / (now - t0))
+            m.last_gen_throughput = (e.generation_tokens_total - g0) / (now - t0)
+            m.gen_throughput.set(m.last_gen_throughput)
             self._tp_last = (now, e.generation_tokens_total)
 
     def load(self) -> dict:

@@ -30,7 +30,8 @@ from pdlab.testing.fakekube.store import (
 )
 
 if TYPE_CHECKING:
-    from pdlab.testing.fakekube.server import FakeKube
+    from pdlab.testing.fakekube.cluster import Cluster
+    from pdlab.testing.fakekube.controller import Controller
 
 VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.4-fakekube", "gitCommit": "0000000",
            "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23.6",
@@ -47,9 +48,8 @@ def _json(obj: Any, code: int = 200, warnings: list[str] | None = None) -> Respo
                     headers=headers)
 
 
-def build_app(fake: FakeKube) -> Starlette:
-    """The ASGI app serving one fake cluster."""
-    cluster = fake.cluster
+def build_app(cluster: Cluster, controller: Controller) -> Starlette:
+    """The ASGI app serving one fake cluster (its store and its simulated controller's pods)."""
 
     async def version(request: Request) -> Response:
         return _json(VERSION)
@@ -305,7 +305,7 @@ def build_app(fake: FakeKube) -> Starlette:
         if ctr not in containers:
             raise ApiError(400, "BadRequest", f"container {ctr} is not valid for pod {name}")
         previous = q.get("previous") == "true"
-        text = fake.controller.logs(ns, name, previous=previous)
+        text = controller.logs(ns, name, previous=previous)
         if text is None:
             if previous:
                 raise ApiError(400, "BadRequest", f'previous terminated container "{ctr}" in pod "{name}" not found')
@@ -321,10 +321,10 @@ def build_app(fake: FakeKube) -> Starlette:
 
         async def follow() -> Any:
             yield text.encode()
-            seen = len(fake.controller.logs(ns, name) or "")
+            seen = len(controller.logs(ns, name) or "")
             for _ in range(36000):  # bounded: an hour at 0.1 s
                 await asyncio.sleep(0.1)
-                cur = fake.controller.logs(ns, name)
+                cur = controller.logs(ns, name)
                 if cur is None or cluster.store.get("pods", ns, name) is None:
                     return
                 if len(cur) > seen:
@@ -338,7 +338,7 @@ def build_app(fake: FakeKube) -> Starlette:
         Route("/api", api_root), Route("/apis", apis_root),
         Route("/openapi/v2", openapi_v2), Route("/openapi/v3", openapi_v3_root),
         Route("/openapi/v3/{path:path}", openapi_v3),
-        WebSocketRoute("/api/v1/namespaces/{ns}/pods/{name}/portforward", portforward.handler(fake)),
+        WebSocketRoute("/api/v1/namespaces/{ns}/pods/{name}/portforward", portforward.handler(cluster, controller)),
         Route("/{path:path}", resource, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
     return Starlette(routes=routes)

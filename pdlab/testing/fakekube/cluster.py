@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema
 
-from pdlab.manifests import EMULATED_NODE_LABEL
+from pdlab.deploy.manifests import EMULATED_NODE_LABEL
 from pdlab.testing.fakekube import resources as R
 from pdlab.testing.fakekube.store import (
     ApiError,

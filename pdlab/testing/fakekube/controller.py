@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pdlab.manifests import EMULATOR_ARGS_ANNOTATION
+from pdlab.core.fsutil import free_port
+from pdlab.deploy.manifests import EMULATOR_ARGS_ANNOTATION
 from pdlab.testing.fakekube.cluster import RBG_KEY, Cluster, rbg_created_as
 from pdlab.testing.fakekube.store import ApiError, now
-from pdlab.util import free_port
 
 NAME_LABEL = "rolebasedgroup.workloads.x-k8s.io/name"
 ROLE_LABEL = "rolebasedgroup.workloads.x-k8s.io/role"

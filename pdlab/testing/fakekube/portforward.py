@@ -15,17 +15,19 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 if TYPE_CHECKING:
-    from pdlab.testing.fakekube.server import FakeKube
+    from pdlab.testing.fakekube.cluster import Cluster
+    from pdlab.testing.fakekube.controller import Controller
 
 PROTOCOLS = ("v4.channel.k8s.io",)
 
 
-def handler(fake: FakeKube) -> Any:
+def handler(cluster: Cluster, controller: Controller) -> Any:
+    """The websocket endpoint of `pods/portforward` (protocol v4.channel.k8s.io) for one fake cluster."""
     async def portforward(ws: WebSocket) -> None:
         ns, name = ws.path_params["ns"], ws.path_params["name"]
         offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
         proto = next((p for p in offered if p in PROTOCOLS), None)
-        pod = fake.cluster.store.get("pods", ns, name)
+        pod = cluster.store.get("pods", ns, name)
         try:
             ports = [int(p) for p in ws.query_params.get("ports", "").split(",") if p]
         except ValueError:
@@ -39,7 +41,7 @@ def handler(fake: FakeKube) -> Any:
             head = port.to_bytes(2, "little")
             await ws.send_bytes(bytes([2 * i]) + head)
             await ws.send_bytes(bytes([2 * i + 1]) + head)
-            local = fake.controller.port_for(ns, name, port)
+            local = controller.port_for(ns, name, port)
             try:
                 conns.append(await asyncio.open_connection("127.0.0.1", local))
             except OSError:

@@ -44,7 +44,7 @@ class FakeKube:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> FakeKube:
-        config = uvicorn.Config(build_app(self), host="127.0.0.1", port=self.port, log_level="error",
+        config = uvicorn.Config(build_app(self.cluster, self.controller), host="127.0.0.1", port=self.port, log_level="error",
                                 lifespan="off", ws="websockets-sansio", ws_ping_interval=None, access_log=False,
                                 timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)

@@ -1,0 +1,63 @@
+"""The per-level summary table `pdlab run` prints (latencies in ms; '!' marks a client-bound level)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pdlab.analysis.results import load_run
+
+_TABLE = [  # (header, column, format)
+    ("level", "level_value", "{:g}"), ("done", "completed", "{:d}"), ("fail", "failed", "{:d}"),
+    ("req/s", "request_rate", "{:.2f}"), ("out tok/s", "output_throughput", "{:.0f}"),
+    ("TTFT p50", "ttft_p50_ms", "{:.0f}"), ("TTFT p99", "ttft_p99_ms", "{:.0f}"),
+    ("TPOT p50", "tpot_p50_ms", "{:.1f}"), ("TPOT p99", "tpot_p99_ms", "{:.1f}"),
+    ("ITL p99", "itl_p99_ms", "{:.1f}"), ("E2E p50", "e2e_p50_ms", "{:.0f}"),
+    ("goodput", "goodput", "{:.2f}"), ("lag p99", "dispatch_lag_p99_ms", "{:.1f}"),
+]
+
+
+def _fmt(v: Any, f: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    try:
+        return f.format(int(v) if "d" in f else v)
+    except (ValueError, TypeError):
+        return str(v)
+
+
+def format_summary(run: Path | str | pd.DataFrame) -> str:
+    """The per-level summary table (latencies in ms; '!' marks a client-bound level) as text."""
+    if isinstance(run, pd.DataFrame):
+        df, head = run, ""
+    else:
+        r = load_run(run)
+        df = r.summary
+        state = "" if r.complete else f"  [INCOMPLETE: {(r.incomplete or {}).get('reason', '?')}]"
+        topo = (r.meta.get("topology") or {}).get("label") or ""
+        head = f"{r.name}  {topo}{state}\n"
+    if df.empty:
+        return head + "(no measured levels)"
+    kind = str(df["level_kind"].iloc[0]) if "level_kind" in df else "rate"
+    headers = [("rate" if kind == "rate" else "conc") if h == "level" else h for h, _, _ in _TABLE]
+    rows = []
+    for _, r in df.iterrows():
+        cells = [_fmt(r.get(c), f) for _, c, f in _TABLE]
+        if bool(r.get("client_bound")):
+            cells[-1] += "!"
+        rows.append(cells)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    notes = [f"! level {r['level_value']:g}: client-bound ({r.get('client_bound_reason')}); these latencies "
+             "measure the load generator" for _, r in df.iterrows() if bool(r.get("client_bound"))]
+    return head + "\n".join(lines + notes)
+
+
+def print_summary(run_dir: Path | str) -> None:
+    """Print the summary table and, as the last line, the run's path (what `pdlab run` shows)."""
+    print(format_summary(run_dir))
+    print(Path(run_dir))

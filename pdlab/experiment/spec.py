@@ -1,0 +1,530 @@
+"""Params files → a validated experiment spec (pydantic), with errors that name the file, field and fix.
+
+A params file describes one experiment: model, GPUs, topology (PD or colocated), engine args,
+image, namespace, model storage, workload, SLOs and backend. `--set field.path=value` overrides
+are applied to the raw document before validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pdlab.core.errors import SpecError, did_you_mean
+from pdlab.experiment import profiles
+
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+RATIO = re.compile(r"^(\d+)P(\d+)D$", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(secret|token|password|passwd|access[_-]?key|credential)", re.IGNORECASE)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _dns_name(value: str, what: str = "name", max_len: int = 63) -> str:
+    if not DNS1123.match(value) or len(value) > max_len:
+        raise ValueError(
+            f"'{value}' is not a valid {what}: use lowercase letters, digits and '-', "
+            f"starting and ending with a letter or digit, at most {max_len} characters"
+        )
+    return value
+
+
+class ModelSpec(_Strict):
+    """The served model: its name, where it sits in the pod, and its architecture."""
+
+    name: str = "Qwen3-32B"
+    path: str = "/models/Qwen3-32B/"
+    profile: str | None = Field(None, description="built-in architecture profile; default from path")
+    config: str | None = Field(None, description="path to a Hugging Face config.json instead of a profile")
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                return profiles.model(v).name
+            except SpecError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    def architecture(self) -> profiles.ModelProfile:
+        """The model profile: the config.json if given, else the named or path-inferred profile."""
+        if self.config:
+            return profiles.model_from_config(self.config, name=self.name)
+        if self.profile:
+            return profiles.model(self.profile)
+        return profiles.model_for_path(self.path)
+
+
+class GPUSpec(_Strict):
+    """GPU type and node shape."""
+
+    type: str = "L20"
+    per_node: int = Field(8, ge=1, le=64)
+    nodes: int = Field(1, ge=1, description="nodes available to the experiment (the GPU budget)")
+    erdma: bool = True
+
+    @field_validator("type")
+    @classmethod
+    def _known_gpu(cls, v: str) -> str:
+        try:
+            return profiles.gpu(v).name
+        except SpecError as e:
+            raise ValueError(str(e)) from None
+
+    @property
+    def budget(self) -> int:
+        return self.per_node * self.nodes
+
+
+EngineArgs = dict[str, Any]
+
+
+class RoleSpec(_Strict):
+    """One worker role: how many instances, at which TP, with which extra engine args."""
+
+    replicas: int = Field(1, ge=1)
+    tp: int = Field(2, ge=1)
+    args: EngineArgs = Field(default_factory=dict, description="extra engine args, e.g. {chunked-prefill-size: 8192}")
+
+    @field_validator("args")
+    @classmethod
+    def _norm_args(cls, v: EngineArgs) -> EngineArgs:
+        return normalize_args(v)
+
+
+class RouterSpec(_Strict):
+    """The router in front of the workers."""
+
+    impl: Literal["sglang-router", "mini_lb"] = "sglang-router"
+    policy: str | None = None
+    service_discovery: bool = False
+    args: EngineArgs = Field(default_factory=dict)
+
+    @field_validator("args")
+    @classmethod
+    def _norm_args(cls, v: EngineArgs) -> EngineArgs:
+        return normalize_args(v)
+
+
+class PDTopology(_Strict):
+    """Prefill/decode disaggregated: `prefill` and `decode` roles behind the PD router."""
+
+    kind: Literal["pd"] = "pd"
+    ratio: str | None = Field(None, description="shorthand 'xPyD' setting both replica counts")
+    prefill: RoleSpec = Field(default_factory=lambda: RoleSpec(replicas=2, tp=2))
+    decode: RoleSpec = Field(default_factory=lambda: RoleSpec(replicas=1, tp=2))
+    bootstrap_port: int = Field(34000, ge=1, le=65535)
+    transfer_backend: str | None = Field(None, description="--disaggregation-transfer-backend, e.g. mooncake")
+    router: RouterSpec = Field(default_factory=RouterSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_ratio(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("ratio") is not None:
+            m = RATIO.match(str(data["ratio"]))
+            if not m:
+                raise ValueError(f"ratio '{data['ratio']}' must look like '2P1D' (prefill replicas P, decode replicas D)")
+            data = copy.deepcopy(data)
+            for role, n in (("prefill", int(m.group(1))), ("decode", int(m.group(2)))):
+                data.setdefault(role, {})
+                if isinstance(data[role], dict):
+                    data[role]["replicas"] = n
+            data["ratio"] = f"{m.group(1)}P{m.group(2)}D"
+        return data
+
+    @property
+    def label(self) -> str:
+        return f"{self.prefill.replicas}P{self.decode.replicas}D"
+
+
+class ColocatedTopology(_Strict):
+    """Colocated: identical workers doing prefill and decode, behind the load-balancing router."""
+
+    kind: Literal["colocated"] = "colocated"
+    worker: RoleSpec = Field(default_factory=lambda: RoleSpec(replicas=3, tp=2))
+    router: RouterSpec = Field(default_factory=RouterSpec)
+
+    @property
+    def label(self) -> str:
+        return f"colocated-{self.worker.replicas}x"
+
+
+Topology = Annotated[PDTopology | ColocatedTopology, Field(discriminator="kind")]
+
+
+class OSSStorage(_Strict):
+    """An OSS bucket exposed as a static PV; the keys come from environment variables at apply time."""
+
+    bucket: str
+    endpoint: str = "oss-cn-hangzhou-internal.aliyuncs.com"
+    path: str = "/"
+    secret_name: str = "oss-secret"
+    access_key_id_env: str = "OSS_ACCESS_KEY_ID"
+    access_key_secret_env: str = "OSS_ACCESS_KEY_SECRET"
+    size: str = "200Gi"
+
+    @field_validator("secret_name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        return _dns_name(v, "Secret name", 253)
+
+
+class StorageSpec(_Strict):
+    """Model weights: a PVC mounted at /models, optionally backed by an OSS PV that pdlab renders."""
+
+    pvc: str = "llm-model"
+    mount_path: str = "/models"
+    oss: OSSStorage | None = None
+
+    @field_validator("pvc")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        return _dns_name(v, "PVC name", 253)
+
+
+class DatasetSpec(_Strict):
+    """Where prompts come from and how long inputs and outputs are."""
+
+    kind: Literal["random", "sharegpt", "shared-prefix", "jsonl"] = "random"
+    input_len: int = Field(1024, ge=1)
+    output_len: int = Field(256, ge=1)
+    range_ratio: float = Field(0.0, ge=0.0, le=1.0, description="lengths uniform in [len*(1-r), len*(1+r)]")
+    path: str | None = Field(None, description="JSONL file for kind=jsonl")
+    fixed_output_len: int | None = Field(None, ge=1, description="sharegpt: override output lengths")
+    num_groups: int = Field(8, ge=1, description="shared-prefix: number of system prompts")
+    prefix_len: int = Field(2048, ge=1, description="shared-prefix: system prompt tokens")
+
+    @model_validator(mode="after")
+    def _path_for_jsonl(self) -> DatasetSpec:
+        if self.kind == "jsonl" and not self.path:
+            raise ValueError("dataset kind 'jsonl' needs 'path' (a JSONL file with one prompt per line)")
+        return self
+
+
+class WorkloadSpec(_Strict):
+    """The load: dataset, arrivals, request rates or concurrencies, and how long each level runs."""
+
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    api: Literal["chat", "completions", "generate"] = "chat"
+    arrival: Literal["poisson", "gamma", "constant"] = "poisson"
+    burstiness: float = Field(1.0, gt=0, description="gamma shape; 1.0 = Poisson, < 1 burstier")
+    rates: list[float] | None = Field(default_factory=lambda: [1.0, 2.0, 4.0], description="requests/s, open loop")
+    concurrencies: list[int] | None = Field(None, description="closed loop: in-flight requests held constant")
+    duration_s: float | None = Field(60.0, gt=0)
+    num_prompts: int | None = Field(None, ge=1)
+    warmup: int = Field(2, ge=0, description="requests at the start of each level left out of statistics")
+    max_inflight: int = Field(2048, ge=1)
+    timeout_s: float = Field(600.0, gt=0)
+    seed: int = 0
+
+    @field_validator("rates")
+    @classmethod
+    def _positive_rates(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("rates is empty: give at least one request rate (requests/s), or use concurrencies")
+            bad = [r for r in v if r <= 0]
+            if bad:
+                raise ValueError(f"request rates must be > 0 (got {bad}); for a closed loop use 'concurrencies'")
+        return v
+
+    @field_validator("concurrencies")
+    @classmethod
+    def _positive_conc(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(c < 1 for c in v)):
+            raise ValueError("concurrencies must be a non-empty list of integers ≥ 1")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind_of_level(cls, data: Any) -> Any:
+        """Concurrencies replace the default rates; both given explicitly is a conflict, not a silent drop."""
+        if isinstance(data, dict) and data.get("concurrencies") is not None:
+            if data.get("rates") is not None:
+                raise ValueError("both 'rates' and 'concurrencies' are set; keep one (e.g. --set workload.rates=null "
+                                 "for a closed loop)")
+            data = {**data, "rates": None}
+        return data
+
+    @model_validator(mode="after")
+    def _levels(self) -> WorkloadSpec:
+        if not self.rates and not self.concurrencies:
+            raise ValueError("give 'rates' (open loop) or 'concurrencies' (closed loop)")
+        if self.duration_s is None and self.num_prompts is None:
+            raise ValueError("bound each level by 'duration_s' or 'num_prompts'")
+        return self
+
+    @property
+    def levels(self) -> list[tuple[str, float]]:
+        """The load levels in order: ('rate', r) or ('concurrency', c)."""
+        if self.concurrencies:
+            return [("concurrency", float(c)) for c in self.concurrencies]
+        return [("rate", float(r)) for r in self.rates or []]
+
+
+class SLOSpec(_Strict):
+    """Service-level objectives for goodput."""
+
+    ttft_ms: float = Field(2000.0, gt=0)
+    tpot_ms: float = Field(100.0, gt=0)
+
+
+class EmulatorSpec(_Strict):
+    """Settings of the emulated worker (local backend, fake cluster)."""
+
+    link: str = "erdma"
+    step_overhead_ms: float | None = Field(None, ge=0)
+    time_scale: float = Field(1.0, gt=0, description="multiply modelled durations (CI uses < 1)")
+
+    @field_validator("link")
+    @classmethod
+    def _known_link(cls, v: str) -> str:
+        try:
+            return profiles.link(v).name
+        except SpecError as e:
+            raise ValueError(str(e)) from None
+
+
+class K8sSpec(_Strict):
+    """How to reach the cluster and the router."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    access: Literal["port-forward", "service-dns", "url"] = "port-forward"
+    url: str | None = Field(None, description="router URL when access=url")
+    api_version: Literal["v1alpha1", "v1alpha2"] = "v1alpha1"
+    ready_timeout_s: float = Field(1800.0, gt=0)
+    fail_fast_s: float = Field(60.0, gt=0, description="give up on a pod unschedulable, failing to pull or "
+                               "crash-looping this long (instead of waiting for ready_timeout_s)")
+    preflight: bool = True
+
+    @model_validator(mode="after")
+    def _url(self) -> K8sSpec:
+        if self.access == "url" and not self.url:
+            raise ValueError("access 'url' needs 'url' (the router's http://host:port)")
+        return self
+
+
+class BackendSpec(_Strict):
+    """Where the topology runs: local processes (default) or a Kubernetes cluster."""
+
+    kind: Literal["local", "k8s"] = "local"
+    engine: Literal["emulator", "sglang"] = "emulator"
+    ready_timeout_s: float = Field(120.0, gt=0)
+    k8s: K8sSpec = Field(default_factory=K8sSpec)
+
+
+class Experiment(_Strict):
+    """One experiment: everything needed to deploy a topology and measure it."""
+
+    name: str = "sglang-pd"
+    description: str = ""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    gpu: GPUSpec = Field(default_factory=GPUSpec)
+    topology: Topology = Field(default_factory=PDTopology)
+    engine_args: EngineArgs = Field(default_factory=dict, description="extra engine args for every worker role")
+    image: str = "lmsysorg/sglang:v0.5.5"
+    router_image: str | None = None
+    namespace: str = "default"
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    slo: SLOSpec = Field(default_factory=SLOSpec)
+    emulator: EmulatorSpec = Field(default_factory=EmulatorSpec)
+    backend: BackendSpec = Field(default_factory=BackendSpec)
+    labels: dict[str, str] = Field(default_factory=dict)
+    arm: str | None = Field(None, description="this run's legend name in comparisons (sweeps set it; default: "
+                                              "the topology label, e.g. '2P1D (TP2)')")
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        return _dns_name(v, "experiment name (it names Kubernetes objects)", 40)
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        return _dns_name(v, "namespace")
+
+    @field_validator("engine_args")
+    @classmethod
+    def _norm_args(cls, v: EngineArgs) -> EngineArgs:
+        return normalize_args(v)
+
+
+def normalize_args(args: EngineArgs) -> EngineArgs:
+    """Engine args keyed without leading dashes, '_' → '-', so `--mem-fraction-static` and `mem_fraction_static` match."""
+    out: EngineArgs = {}
+    for key, value in args.items():
+        k = str(key).lstrip("-").replace("_", "-")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", k):
+            raise ValueError(f"engine arg '{key}' is not a flag name (expected e.g. 'chunked-prefill-size')")
+        if isinstance(value, dict):
+            raise ValueError(f"engine arg '{key}' must be a scalar or a list, not a mapping")
+        out[k] = value
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, turning I/O and syntax problems into SpecErrors naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SpecError("file not found; check the path", file=str(p)) from None
+    except OSError as e:
+        raise SpecError(f"cannot read: {e.strerror}", file=str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(f"invalid YAML{where}: {problem}", file=str(p)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"expected a mapping of fields at the top level, got {type(data).__name__}", file=str(p))
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'a.b.c=value' → ('a.b.c', parsed YAML value)."""
+    if "=" not in item:
+        raise SpecError(f"--set '{item}' must look like field.path=value (e.g. workload.rates=[1,2])")
+    path, raw = item.split("=", 1)
+    path = path.strip()
+    if not path or any(not part for part in path.split(".")):
+        raise SpecError(f"--set '{item}': empty field path")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def set_path(doc: dict, path: str, value: Any) -> dict:
+    """Set a dotted field path in a nested dict, creating mappings on the way (returns doc)."""
+    parts = path.split(".")
+    node = doc
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise SpecError(f"cannot set '{path}': '{'.'.join(parts[: i + 1])}' is a value, not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+    return doc
+
+
+def get_path(doc: dict, path: str, default: Any = None) -> Any:
+    node: Any = doc
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def apply_overrides(doc: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
+    """Apply --set style overrides (list of 'a.b=v' or a {path: value} dict) to a copy of doc."""
+    out = copy.deepcopy(doc)
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    for path, value in items:
+        set_path(out, path, value)
+    return out
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc` (for 'did you mean' hints)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = getattr(current, "model_fields", {})
+        if part in fields:
+            ann = fields[part].annotation
+            current = _first_model(ann)
+        elif part in ("pd", "colocated"):
+            current = PDTopology if part == "pd" else ColocatedTopology
+        else:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _first_model(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+_UNION_TAGS = ("pd", "colocated")
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], file: str | None) -> SpecError:
+    """One SpecError listing every problem as 'field.path: what is wrong (fix)'."""
+    lines = []
+    first_field = None
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if p not in _UNION_TAGS)  # pydantic puts the union's tag in the path
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        first_field = first_field or path
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(model, e["loc"])
+            known = list(getattr(owner, "model_fields", {}) or [])
+            msg = f"unknown field{did_you_mean(str(loc[-1]), known)}"
+            if known:
+                msg += f"; allowed here: {', '.join(known)}"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        elif e["type"] == "union_tag_invalid" and isinstance(e.get("input"), dict):
+            msg = f"unknown kind {e['input'].get('kind')!r}; use 'pd' or 'colocated'"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"{path}: {msg}")
+    if len(lines) == 1:
+        return SpecError(lines[0].split(": ", 1)[1], file=file, field=first_field)
+    return SpecError("invalid params:\n  " + "\n  ".join(lines), file=file)
+
+
+
+
+
+
+def resolved(exp: Experiment) -> dict:
+    """The fully resolved spec as plain data (defaults filled), secrets redacted; for params.yaml."""
+    return redact(exp.model_dump(mode="json"))
+
+
+def redact(obj: Any) -> Any:
+    """Replace values under secret-looking keys with '<redacted>' (env-var *names* are kept)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if SECRET_KEY.search(str(k)) and not str(k).endswith("_env") and not str(k).endswith("_name") and v:
+                out[k] = "<redacted>"
+            else:
+                out[k] = redact(v)
+        return out
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

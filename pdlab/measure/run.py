@@ -1,0 +1,192 @@
+"""`pdlab run`: deploy an experiment, drive every load level, scrape, save, tear down.
+
+`run_experiment(exp, ...)` is what the CLI, notebooks and sweeps call. It writes `results/<sweep>/<run>/`
+as it goes (see `pdlab.analysis.results`): records spill to disk during a level, so Ctrl-C, a crash or a lost
+deployment leaves the requests measured so far, the scraped server metrics and an `incomplete.json` with
+the reason; the exception is then re-raised. Only a run that finishes every level gets `summary.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pdlab.core.errors import PdlabError
+from pdlab.core.stats import summarize
+from pdlab.experiment.arm import arm_of
+from pdlab.experiment.spec import resolved
+from pdlab.experiment.topology import build
+from pdlab.measure.load.datasets import make_dataset
+from pdlab.measure.load.runner import LevelPlan, LevelStats, RecordSink, run_level_sync
+from pdlab.measure.scrape import Scraper
+from pdlab.measure.writer import RunWriter
+
+if TYPE_CHECKING:
+    from pdlab.deploy.base import Deployment
+    from pdlab.experiment.spec import Experiment
+
+SCRAPE_INTERVAL_S = 5.0
+
+
+def default_run_name(exp: Experiment) -> str:
+    """'<topology label>-<UTC timestamp>', e.g. '2p1d-20250101-120000'."""
+    label = exp.topology.label.lower()
+    return f"{label}-{_dt.datetime.now(_dt.UTC).strftime('%Y%m%d-%H%M%S')}"
+
+
+def level_plans(exp: Experiment) -> list[LevelPlan]:
+    """The experiment's load levels as runner plans; each level gets its own deterministic prompt range."""
+    w = exp.workload
+    plans, first = [], 0
+    for i, (kind, value) in enumerate(w.levels):
+        plan = LevelPlan(index=i, kind=kind, value=value, arrival=w.arrival,
+                         burstiness=w.burstiness if w.arrival == "gamma" else 1.0, duration_s=w.duration_s,
+                         num_prompts=w.num_prompts, warmup=w.warmup, max_inflight=w.max_inflight, seed=w.seed,
+                         first_prompt=first)
+        n = plan.expected_requests()
+        first += n if n else 100_000
+        plans.append(plan)
+    return plans
+
+
+def _collect_logs(dep: Deployment | None, tail: int = 200) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if dep is None:
+        return out
+    with contextlib.suppress(Exception):
+        for e in dep.endpoints:
+            with contextlib.suppress(Exception):
+                out[e.name] = dep.logs(e.name, tail=tail)
+    return out
+
+
+class _Progress:
+    """A rich progress bar per level (or nothing when progress=False)."""
+
+    def __init__(self, enabled: bool):
+        self.p = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("in-flight {task.fields[inflight]:>4}  failed {task.fields[failed]:>4}"),
+                              TimeElapsedColumn(), refresh_per_second=4)
+
+    def __enter__(self) -> _Progress:
+        if self.p is not None:
+            self.p.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.p is not None:
+            self.p.stop()
+
+    def level(self, desc: str, total: int) -> Any:
+        if self.p is None:
+            return None
+        task = self.p.add_task(desc, total=total or None, inflight=0, failed=0)
+
+        def tick(s: LevelStats) -> None:
+            self.p.update(task, completed=s.done, total=max(s.expected, s.sent) or None, inflight=s.inflight,
+                          failed=s.failed)
+        return tick
+
+    def note(self, text: str) -> None:
+        if self.p is not None:
+            self.p.console.print(text)
+
+
+def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: str | None = None,
+                   run_name: str | None = None, progress: bool = True,
+                   deployment: Deployment | None = None) -> Path:
+    """Deploy (unless `deployment` is given), run every load level, save results; returns the run directory.
+
+    On Ctrl-C or any error the records gathered so far are saved, `incomplete.json` says why, the deployment
+    pdlab started is torn down, and the exception is re-raised."""
+    run_name = run_name or default_run_name(exp)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run_name):
+        raise PdlabError(f"run name '{run_name}' must be letters, digits, '.', '_' or '-'")
+    run_dir = Path(results) / (sweep or exp.name) / run_name
+    writer = RunWriter(run_dir)
+    topo = build(exp)
+    backend_info = {"kind": exp.backend.kind, "engine": exp.backend.engine,
+                    "deployment": "external" if deployment is not None else "pdlab"}
+    t0, t0_unix = time.perf_counter(), time.time()
+    writer.begin(resolved(exp), backend=backend_info, extra={"t0_unix": t0_unix, "run": run_name,
+                                                            "sweep": sweep or exp.name})
+    sink = writer.record_sink()
+    scraper: Scraper | None = None
+    dep: Deployment | None = deployment
+    done_levels: list[int] = []
+    plans = level_plans(exp)
+    stack = contextlib.ExitStack()
+    with stack, _Progress(progress) as prog:
+        try:
+            if dep is None:
+                from pdlab.deploy.registry import get_backend
+
+                prog.note(f"deploying {topo.label} ({exp.backend.kind}) …")
+                dep = get_backend(exp).deploy(exp, run_dir=run_dir, run_id=f"{sweep or exp.name}-{run_name}")
+                stack.enter_context(dep)  # guaranteed teardown (also on SIGTERM)
+            writer.write_manifests(dep.manifests())
+            info = dep.cluster_info()
+            writer.write_provenance(router_url=dep.router_url, deployment=dep.table(),
+                                    **({"cluster": info} if info else {}))
+            scraper = Scraper(dep.endpoints, interval_s=SCRAPE_INTERVAL_S, t0=t0).start()
+            dataset = make_dataset(exp.workload.dataset, seed=exp.workload.seed)
+            dataset.prepare(sum(p.expected_requests() for p in plans) or 1000)
+            for plan in plans:
+                unit = "req/s" if plan.kind == "rate" else "concurrent"
+                desc = f"level {plan.index + 1}/{len(plans)}: {plan.value:g} {unit}"
+                run_level_sync(dep.router_url, dataset, plan, sink, t0=t0, api=exp.workload.api,
+                               model=exp.model.name, timeout_s=exp.workload.timeout_s,
+                               on_tick=prog.level(desc, plan.expected_requests()))
+                done_levels.append(plan.index)
+            scraper.stop()
+            writer.write_server_metrics(scraper.frame())
+            n = writer.write_requests(sink)
+            writer.write_logs(_collect_logs(dep))
+            summary = summarize(sink.table().to_pandas(), slo_ttft_ms=exp.slo.ttft_ms, slo_tpot_ms=exp.slo.tpot_ms,
+                                gpus=topo.gpus)
+            sink.close()
+            writer.finish(_summary_doc(exp, run_name, sweep, t0_unix, summary, n))
+        except BaseException as e:
+            prog.note(f"[red]run stopped: {type(e).__name__}: {e}; saving what was measured to {run_dir}")
+            _save_partial(writer, sink, scraper, dep, e, done_levels, len(plans))
+            raise
+    return run_dir
+
+
+def _summary_doc(exp: Experiment, run_name: str, sweep: str | None, t0_unix: float, summary: pd.DataFrame,
+                 n: int) -> dict[str, Any]:
+    topo = build(exp)
+    return {"run": run_name, "sweep": sweep or exp.name, "experiment": exp.name, "labels": dict(exp.labels),
+            "arm": arm_of(exp).to_dict(),
+            "topology": {"kind": topo.kind, "label": topo.label, "ratio": exp.topology.label, "gpus": topo.gpus,
+                         "roles": topo.describe()},
+            "gpu_type": exp.gpu.type, "model": exp.model.name, "slo": exp.slo.model_dump(), "t0_unix": t0_unix,
+            "requests": n, "levels": summary.to_dict("records")}
+
+
+def _save_partial(writer: RunWriter, sink: RecordSink, scraper: Scraper | None, dep: Deployment | None,
+                  exc: BaseException, done_levels: list[int], n_levels: int) -> None:
+    """Best effort: keep every record and sample gathered so far and write incomplete.json."""
+    reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+    n = 0
+    with contextlib.suppress(Exception):
+        if scraper is not None:
+            scraper.stop(final=False)
+            writer.write_server_metrics(scraper.frame())
+    with contextlib.suppress(Exception):
+        n = writer.write_requests(sink)
+        sink.close()
+    with contextlib.suppress(Exception):
+        writer.write_logs(_collect_logs(dep))
+    with contextlib.suppress(Exception):
+        writer.abort(reason, exc, levels_completed=len(done_levels), levels_total=n_levels, requests_saved=n)
