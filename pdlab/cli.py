@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="include the OSS Secret, reading its keys from the environment variables the spec names")
     p.add_argument("--rbac", action="store_true", help="print the least-privilege RBAC pdlab itself needs")
     p.add_argument("--namespace", default=None, help="namespace for --rbac (default: the params' namespace)")
+    p.add_argument("--monitoring", action="store_true",
+                   help="also print a PodMonitor (Prometheus operator / ACK Managed Prometheus) scraping the pods")
     _add_set(p)
 
     p = sub.add_parser("validate", help="check a params or sweep file and print the resolved spec / points")
@@ -69,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir")
     p.add_argument("--with-code", action="store_true", help="show code cells in the report")
 
+    p = sub.add_parser("export", help="write every run of a run or sweep directory in another tool's format")
+    p.add_argument("path", metavar="RUN_OR_SWEEP")
+    p.add_argument("--format", choices=["llm-d"], required=True,
+                   help="llm-d: llm-d-benchmark's Benchmark Report v0.2, one YAML file per run and load level")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_OR_SWEEP/llm-d)")
+
+    p = sub.add_parser("import", help="bring llm-d Benchmark Reports (v0.2.x) in as runs, arms of the compare report")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--into", required=True, help="the sweep directory to add them to, e.g. results/my-sweep")
+    p.add_argument("--arm", default=None, help="arm label (default: each report's run.description)")
+
     p = sub.add_parser("cleanup", help="end what a crashed run left behind (only pdlab's own processes/objects)")
     p.add_argument("--backend", choices=["local", "k8s"], default="local")
     p.add_argument("--experiment", default=None, help="only this experiment's leftovers")
@@ -88,8 +101,14 @@ def cmd_manifests(a: argparse.Namespace) -> int:
         api = a.api or exp.backend.k8s.api_version
         objs += manifests.render(exp, api=api, run_id=a.run_id, include_storage=not a.no_storage,
                                  with_secrets=a.with_secrets)
+        if a.monitoring:
+            from pdlab.deploy.monitoring import pod_monitor
+
+            objs.append(pod_monitor(exp, run_id=a.run_id))
         namespace = a.namespace or exp.namespace
     else:
+        if a.monitoring:
+            raise PdlabError("--monitoring needs a params file (the PodMonitor selects that experiment's pods)")
         if not a.rbac:
             raise PdlabError("give a params file (or --rbac for pdlab's own RBAC)")
         namespace = a.namespace or "default"
@@ -164,6 +183,23 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     return run_sweep(a.sweep, overrides=a.overrides, results=a.results, force=a.force, dry_run=a.dry_run)
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from pdlab.analysis.llmd_export import export_llmd
+
+    files = export_llmd(a.path, a.out)
+    for f in files:
+        print(f)
+    return 0
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    from pdlab.analysis.llmd_import import import_reports
+
+    for rd in import_reports(a.files, a.into, arm=a.arm):
+        print(rd)
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from pdlab.orchestrate.report import render_report
 
@@ -189,7 +225,8 @@ def cmd_cleanup(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"manifests": cmd_manifests, "validate": cmd_validate, "plan": cmd_plan, "deploy": cmd_deploy, "run": cmd_run,
-            "sweep": cmd_sweep, "report": cmd_report, "cleanup": cmd_cleanup}
+            "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "import": cmd_import,
+            "cleanup": cmd_cleanup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

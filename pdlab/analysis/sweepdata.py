@@ -107,6 +107,14 @@ def is_emulated(params: dict, provenance: dict | None = None) -> bool:
     return b.get("kind", "local") == "local" and b.get("engine", "emulator") == "emulator"
 
 
+def _is_imported(run_dir: Path) -> bool:
+    """Whether a run directory was written by `pdlab import` (its provenance.json says so)."""
+    try:
+        return "imported" in json.loads((run_dir / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def load(sweep_dir: Path | str) -> SweepData:
     """Load a sweep directory (results/<sweep>) for comparison."""
     root = Path(sweep_dir).resolve()
@@ -118,9 +126,10 @@ def load(sweep_dir: Path | str) -> SweepData:
     ignored: list[str] = []
     if len(summary) and points:
         extra = sorted(set(summary["run"]) - set(points))
-        ignored = extra
-        summary = summary[summary["run"].isin(points)].copy()
-        summary["repeat"] = summary["run"].map(lambda r: int(points[r].get("repeat", 0)))
+        imported = [r for r in extra if _is_imported(root / r)]  # `pdlab import`: arms measured by other tools
+        ignored = [r for r in extra if r not in imported]
+        summary = summary[summary["run"].isin([*points, *imported])].copy()
+        summary["repeat"] = summary["run"].map(lambda r: int(points[r].get("repeat", 0)) if r in points else 0)
     done = set(summary["run"]) if len(summary) else set()
     missing = [r for r in points if r not in done]
     req_parts, srv_parts, params_by_arm = [], [], {}

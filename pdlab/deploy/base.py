@@ -83,6 +83,11 @@ class Deployment(abc.ABC):
         """Where it runs (cluster, nodes, controller; empty for local processes), for provenance.json."""
         return {}
 
+    def cold_start(self) -> dict[str, Any] | None:
+        """Apply → scheduled → started → ready times per pod/process and role (`pdlab.deploy.coldstart`), for
+        provenance.json; None where the backend does not record them."""
+        return None
+
     def check_alive(self) -> None:
         """Raise DeployError when a process or pod of the deployment has died (polled while holding)."""
         return None

@@ -305,6 +305,8 @@ class K8sSpec(_Strict):
     fail_fast_s: float = Field(60.0, gt=0, description="give up on a pod unschedulable, failing to pull or "
                                "crash-looping this long (instead of waiting for ready_timeout_s)")
     preflight: bool = True
+    prometheus: str | None = Field(None, description="Prometheus base URL (e.g. ACK Managed Prometheus' HTTP API) "
+                                   "to read server metrics from, by the pods' labels, instead of scraping each pod")
 
     @model_validator(mode="after")
     def _url(self) -> K8sSpec:
@@ -319,7 +321,22 @@ class BackendSpec(_Strict):
     kind: Literal["local", "k8s"] = "local"
     engine: Literal["emulator", "sglang"] = "emulator"
     ready_timeout_s: float = Field(120.0, gt=0)
+    reuse_deployment: bool = Field(True, description="in a sweep, points that differ only in workload/SLOs share "
+                                   "one deployment (false: every point deploys its own)")
     k8s: K8sSpec = Field(default_factory=K8sSpec)
+
+
+class MetricsSpec(_Strict):
+    """Where server metrics come from: each endpoint's /metrics (default) or a Prometheus server."""
+
+    prometheus: str | None = Field(None, description="Prometheus base URL to read server metrics from (local "
+                                   "runs; on k8s backend.k8s.prometheus wins)")
+    file_sd: str | None = Field(None, description="write the local endpoints as a Prometheus file_sd target "
+                                "list here, for a Prometheus that scrapes them")
+    step_s: float = Field(5.0, gt=0, description="scrape interval / range-query resolution, s")
+    wait_s: float = Field(120.0, gt=0, description="how long Prometheus may take to show every pod's series")
+    token_env: str | None = Field(None, description="environment variable holding a bearer token for the "
+                                  "Prometheus API (never written to results)")
 
 
 class Experiment(_Strict):
@@ -339,6 +356,7 @@ class Experiment(_Strict):
     slo: SLOSpec = Field(default_factory=SLOSpec)
     emulator: EmulatorSpec = Field(default_factory=EmulatorSpec)
     backend: BackendSpec = Field(default_factory=BackendSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     labels: dict[str, str] = Field(default_factory=dict)
     arm: str | None = Field(None, description="this run's legend name in comparisons (sweeps set it; default: "
                                               "the topology label, e.g. '2P1D (TP2)')")

@@ -24,6 +24,7 @@ from pdlab.experiment.spec import resolved
 from pdlab.experiment.topology import build
 from pdlab.measure.load.datasets import make_dataset
 from pdlab.measure.load.runner import LevelPlan, LevelStats, RecordSink, run_level_sync
+from pdlab.measure.prometheus import PrometheusSource, source_for
 from pdlab.measure.scrape import Scraper
 from pdlab.measure.writer import RunWriter
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from pdlab.deploy.base import Deployment
     from pdlab.experiment.spec import Experiment
 
-SCRAPE_INTERVAL_S = 5.0
 
 
 def default_run_name(exp: Experiment) -> str:
@@ -122,12 +122,15 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
                                                             "sweep": sweep or exp.name})
     sink = writer.record_sink()
     scraper: Scraper | None = None
+    prom = source_for(exp)
     dep: Deployment | None = deployment
     done_levels: list[int] = []
     plans = level_plans(exp)
     stack = contextlib.ExitStack()
     with stack, _Progress(progress) as prog:
         try:
+            if prom is not None:
+                prom.check()  # before anything is deployed
             if dep is None:
                 from pdlab.deploy.registry import get_backend
 
@@ -137,8 +140,14 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
             writer.write_manifests(dep.manifests())
             info = dep.cluster_info()
             writer.write_provenance(router_url=dep.router_url, deployment=dep.table(),
-                                    **({"cluster": info} if info else {}))
-            scraper = Scraper(dep.endpoints, interval_s=SCRAPE_INTERVAL_S, t0=t0).start()
+                                    **({"cluster": info} if info else {}), **_deployment_facts(dep))
+            if prom is not None:
+                prom.use(dep.endpoints, exp.metrics.file_sd)
+                writer.write_provenance(metrics_source=prom.describe())
+                prom.wait_for_targets(exp.metrics.wait_s)
+            else:
+                writer.write_provenance(metrics_source={"kind": "scrape", "interval_s": exp.metrics.step_s})
+                scraper = Scraper(dep.endpoints, interval_s=exp.metrics.step_s, t0=t0).start()
             dataset = make_dataset(exp.workload.dataset, seed=exp.workload.seed)
             dataset.prepare(sum(p.expected_requests() for p in plans) or 1000)
             for plan in plans:
@@ -148,8 +157,7 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
                                model=exp.model.name, timeout_s=exp.workload.timeout_s,
                                on_tick=prog.level(desc, plan.expected_requests()))
                 done_levels.append(plan.index)
-            scraper.stop()
-            writer.write_server_metrics(scraper.frame())
+            writer.write_server_metrics(_server_metrics(scraper, prom, t0_unix))
             n = writer.write_requests(sink)
             writer.write_logs(_collect_logs(dep))
             summary = summarize(sink.table().to_pandas(), slo_ttft_ms=exp.slo.ttft_ms, slo_tpot_ms=exp.slo.tpot_ms,
@@ -158,7 +166,7 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
             writer.finish(_summary_doc(exp, run_name, sweep, t0_unix, summary, n))
         except BaseException as e:
             prog.note(f"[red]run stopped: {type(e).__name__}: {e}; saving what was measured to {run_dir}")
-            _save_partial(writer, sink, scraper, dep, e, done_levels, len(plans))
+            _save_partial(writer, sink, scraper, dep, e, done_levels, len(plans), prom, t0_unix)
             raise
     return run_dir
 
@@ -174,15 +182,40 @@ def _summary_doc(exp: Experiment, run_name: str, sweep: str | None, t0_unix: flo
             "requests": n, "levels": summary.to_dict("records")}
 
 
+def _deployment_facts(dep: Deployment) -> dict[str, Any]:
+    """Cold-start times and, for a deployment shared by sweep points, which runs share it."""
+    out: dict[str, Any] = {}
+    cold = dep.cold_start()
+    if cold:
+        out["cold_start"] = cold
+    shared = getattr(dep, "shared", None)
+    if shared:
+        out["shared_deployment"] = shared
+    return out
+
+
+def _server_metrics(scraper: Scraper | None, prom: PrometheusSource | None, t0_unix: float,
+                    final: bool = True) -> pd.DataFrame:
+    """The run's server metrics: the direct scraper's samples, or Prometheus' series over the run's window
+    (after one more scrape interval, so the last state is in)."""
+    if prom is not None:
+        if final:
+            time.sleep(prom.step_s)
+        return prom.frame(t0_unix, time.time(), t0_unix=t0_unix)
+    assert scraper is not None
+    scraper.stop(final=final)
+    return scraper.frame()
+
+
 def _save_partial(writer: RunWriter, sink: RecordSink, scraper: Scraper | None, dep: Deployment | None,
-                  exc: BaseException, done_levels: list[int], n_levels: int) -> None:
+                  exc: BaseException, done_levels: list[int], n_levels: int, prom: PrometheusSource | None = None,
+                  t0_unix: float = 0.0) -> None:
     """Best effort: keep every record and sample gathered so far and write incomplete.json."""
     reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
     n = 0
     with contextlib.suppress(Exception):
-        if scraper is not None:
-            scraper.stop(final=False)
-            writer.write_server_metrics(scraper.frame())
+        if scraper is not None or prom is not None:
+            writer.write_server_metrics(_server_metrics(scraper, prom, t0_unix, final=False))
     with contextlib.suppress(Exception):
         n = writer.write_requests(sink)
         sink.close()

@@ -27,7 +27,8 @@ def parse_metrics(text: str) -> list[tuple[str, str, float]]:
     out = []
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            out.append((s.name, json.dumps(s.labels, sort_keys=True), float(s.value)))
+            labels = {k: v for k, v in s.labels.items() if v != ""}  # Prometheus: an empty label is no label
+            out.append((s.name, json.dumps(labels, sort_keys=True), float(s.value)))
     return out
 
 
