@@ -136,7 +136,10 @@ def params_of(doc: dict, arm: str) -> dict[str, Any]:
             "image": any_eng.get("tool_version"),
             "workload": {"dataset": {"kind": f"llm-d:{std.get('source', 'unknown')}",
                                      "input_len": (std.get("input_seq_len") or {}).get("value"),
-                                     "output_len": (std.get("output_seq_len") or {}).get("value")}},
+                                     "output_len": (std.get("output_seq_len") or {}).get("value")},
+                         "arrival": f"{std.get('tool', 'unknown')} (llm-d report)",
+                         "num_prompts": int(((((doc.get("results") or {}).get("request_performance") or {})
+                                              .get("aggregate") or {}).get("requests") or {}).get("total", 0))},
             "labels": {"arm": arm, "source": "llm-d"}}
 
 

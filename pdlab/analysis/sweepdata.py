@@ -50,7 +50,8 @@ class SweepData:
 
     def describe(self) -> str:
         """One line: model, GPU, workload, SLOs and how many arms, levels and repeats were measured."""
-        p = next(iter(self.params_by_arm.values()), {})
+        own = [q for q in self.params_by_arm.values() if (q.get("backend") or {}).get("kind") != "imported"]
+        p = next(iter(own or self.params_by_arm.values()), {})
         w, ds = p.get("workload") or {}, (p.get("workload") or {}).get("dataset") or {}
         s = self.summary
         if s.empty:
