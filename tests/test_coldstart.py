@@ -1,5 +1,9 @@
 """Cold-start timing: stages read off pod objects as the watch delivers them, per-role seconds since apply."""
 
+import json
+
+import pytest
+
 from pdlab.deploy.coldstart import ColdStart, table
 
 ROLE = "rolebasedgroup.workloads.x-k8s.io/role"
@@ -48,3 +52,24 @@ def test_deleted_pods_are_ignored():
     pod["metadata"]["deletionTimestamp"] = "now"
     c.observe(pod)
     assert c.as_dict()["pods"] == []
+
+
+@pytest.mark.slow
+def test_k8s_run_records_cold_start_per_role_in_provenance(tmp_path):
+    from pdlab.analysis.deployments import cold_start_table
+    from pdlab.analysis.results import load_sweep
+    from tests._k8s_helpers import ROOT, fake_kube, run_cli
+
+    params = ROOT / "params" / "demo-local.yaml"
+    with fake_kube(emu_time_scale=None) as kube:
+        rc, run_dir = run_cli(kube, tmp_path, "emulator.time_scale=0.05", "workload.rates=[4]",
+                              "workload.duration_s=1", "workload.warmup=0", params=params, name="k8s")
+    assert rc == 0
+    cold = json.loads((run_dir / "provenance.json").read_text())["cold_start"]
+    assert set(cold["roles"]) == {"scheduler", "prefill", "decode"}
+    for role in cold["roles"].values():
+        assert 0 <= role["scheduled_s"] <= role["started_s"] <= role["ready_s"]
+    assert cold["router_ready_s"] >= max(r["ready_s"] for r in cold["roles"].values())
+    assert {p["name"] for p in cold["pods"]} == {"demo-scheduler-0", "demo-prefill-0", "demo-decode-0"}
+    table = cold_start_table(load_sweep(tmp_path))
+    assert table["role"].tolist() == ["decode", "prefill", "scheduler", "router answers"]

@@ -48,3 +48,4 @@ def test_export_validates_and_reimports_into_a_compare_report(tmp_path, capsys):
 
     html = render_report(sweep).read_text()
     assert "llm-d copy" in html and "Traceback" not in html
+    assert "Cold start" in html and "router answers" in html  # the local run's cold start, per role

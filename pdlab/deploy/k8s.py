@@ -23,6 +23,7 @@ import httpx
 from pdlab.core.errors import DeployError, ResourceError
 from pdlab.deploy import manifests as M
 from pdlab.deploy.base import Backend, Deployment, Endpoint
+from pdlab.deploy.coldstart import ColdStart
 from pdlab.deploy.k8s_client import (
     ApiStatusError,
     PortForwarder,
@@ -249,12 +250,14 @@ class K8sDeployment(Deployment):
         self._pf_api: Any = None
         self._pf_lock = threading.Lock()
         self._torn_down = False
+        self._cold = ColdStart()
         # a Jupyter kernel that dies or exits with the deployment up still deletes it (GPUs are expensive)
         atexit.register(self.teardown)
 
     # -- apply ------------------------------------------------------------------------------------------------
     def apply(self) -> None:
         """Server-side apply every object (idempotent: a re-run updates in place)."""
+        self._cold.applied()
         for obj in self.objects:
             if obj["kind"] in ("PersistentVolume", "PersistentVolumeClaim", "Secret"):
                 existing = self.rest.get_or_none(path_for(obj["apiVersion"], obj["kind"],
@@ -311,6 +314,8 @@ class K8sDeployment(Deployment):
                         self.pods.pop(obj["metadata"]["name"], None)
                     else:
                         self.pods[obj["metadata"]["name"]] = obj
+                    for p in obj if etype == "SYNC" else [] if etype == "DELETED" else [obj]:
+                        self._cold.observe(p)
                 elif tag == "event":
                     for ev in obj if etype == "SYNC" else [obj]:
                         self._surface(ev)
@@ -363,6 +368,7 @@ class K8sDeployment(Deployment):
                 try:
                     r = client.get(self.router_url + "/health")
                     if r.status_code == 200:
+                        self._cold.router_ready()
                         return
                     last = f"HTTP {r.status_code}"
                 except httpx.HTTPError as e:
@@ -474,6 +480,10 @@ class K8sDeployment(Deployment):
     def cluster_info(self) -> dict[str, Any]:
         """Cluster facts for provenance.json: context, server version, RBG versions, GPU nodes, pods' nodes."""
         return {**self.info, "pods": {n: (p.get("spec") or {}).get("nodeName") for n, p in self.pods.items()}}
+
+    def cold_start(self) -> dict[str, Any]:
+        """Apply → scheduled → started → ready per pod and role, and the router's first answer."""
+        return self._cold.as_dict()
 
     def manifests(self) -> list[dict]:
         """The objects pdlab applied (as rendered; Secrets left out), for the run's manifests.yaml."""

@@ -30,6 +30,7 @@ import httpx
 from pdlab.core.errors import DeployError, ResourceError
 from pdlab.core.fsutil import free_port, write_atomic
 from pdlab.deploy.base import Backend, Deployment, Endpoint
+from pdlab.deploy.coldstart import ColdStart
 from pdlab.experiment import commands
 from pdlab.experiment.topology import ROUTER_ROLE, Role, Topology, build
 
@@ -256,6 +257,7 @@ class LocalDeployment(Deployment):
         self._router: _Proc | None = None
         self._roles = {r.name: r for r in topology.workers}
         self._finalizer = weakref.finalize(self, _teardown, self._procs, self.state_file)
+        self._cold = ColdStart()
 
     # -- public API --------------------------------------------------------------------------
     @property
@@ -277,6 +279,10 @@ class LocalDeployment(Deployment):
     def notes(self) -> list[str]:
         return [f"logs: {self.log_dir}"]
 
+    def cold_start(self) -> dict[str, Any]:
+        """Spawn → /health per process, and when the router first listed every worker healthy."""
+        return self._cold.as_dict()
+
     def table(self) -> list[dict[str, Any]]:
         rows = super().table()
         logs = {p.name: str(p.log) for p in self._procs}
@@ -287,6 +293,7 @@ class LocalDeployment(Deployment):
     def start(self) -> None:
         """Start every worker, wait for their /health, then start the router (not waiting for it)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._cold.applied()
         try:
             for role in self.topology.workers:
                 for i in range(role.replicas):
@@ -302,6 +309,7 @@ class LocalDeployment(Deployment):
         try:
             self._wait_workers(self._workers(), timeout)
             self._wait_router(timeout)
+            self._cold.router_ready()
         except BaseException:
             self.teardown()
             raise
@@ -425,6 +433,7 @@ class LocalDeployment(Deployment):
             except OSError as e:
                 raise DeployError(f"{proc.name}: cannot start {proc.cmd[0]}: {e.strerror}") from None
         proc.start_time = proc_start_time(proc.popen.pid)
+        self._cold.mark(proc.name, proc.role, "started", node="localhost")
         self._procs.append(proc)
         self._write_state()
 
@@ -453,6 +462,7 @@ class LocalDeployment(Deployment):
                     with contextlib.suppress(httpx.HTTPError):
                         if client.get(p.url + "/health", timeout=1.0).status_code == 200:
                             pending.remove(p)
+                            self._cold.mark(p.name, p.role, "ready", node="localhost")
                 if pending and time.monotonic() > deadline:
                     p = pending[0]
                     raise DeployError(f"{p.name} did not answer {p.url}/health with 200 within "
