@@ -115,7 +115,8 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
     writer = RunWriter(run_dir)
     topo = build(exp)
     backend_info = {"kind": exp.backend.kind, "engine": exp.backend.engine,
-                    "deployment": "external" if deployment is not None else "pdlab"}
+                    "deployment": "pdlab" if deployment is None
+                    else "shared" if getattr(deployment, "shared", None) else "external"}
     t0, t0_unix = time.perf_counter(), time.time()
     writer.begin(resolved(exp), backend=backend_info, extra={"t0_unix": t0_unix, "run": run_name,
                                                             "sweep": sweep or exp.name})

@@ -33,6 +33,7 @@ from pdlab.core.fsutil import dump_json, now_iso, write_atomic
 from pdlab.core.schema import INCOMPLETE, PARAMS, is_complete, is_run_dir, run_status
 from pdlab.experiment.spec import dump_yaml, resolved
 from pdlab.experiment.sweepspec import Point, Sweep, load_sweep
+from pdlab.orchestrate import reuse
 from pdlab.orchestrate.notebook import COMPARE, NOTEBOOK, execute, kernel_name, notebooks_dir
 
 
@@ -106,16 +107,33 @@ def plan(sw: Sweep, sweep_dir: Path, force: bool = False) -> list[Planned]:
     return out
 
 
-def write_sweep_json(sw: Sweep, sweep_dir: Path, overrides: list[str]) -> Path:
-    """sweep.json: the sweep file, overrides and every point (run, arm, repeat, baseline, axes, GPUs)."""
+def write_sweep_json(sw: Sweep, sweep_dir: Path, overrides: list[str],
+                     shared: dict[str, list[str]] | None = None) -> Path:
+    """sweep.json: the sweep file, overrides and every point (run, arm, repeat, baseline, axes, GPUs, and the
+    shared deployment it runs on, if any)."""
+    group_of = {r: g for g, runs in (shared or {}).items() for r in runs}
     doc = {"sweep": sw.name, "file": str(sw.path.resolve()), "description": sw.doc.description,
            "overrides": list(overrides), "repeats": sw.doc.repeats, "written_at": now_iso(),
            "points": [{"run": p.run, "arm": p.arm, "arm_label": arm_slug(p.arm), "repeat": p.repeat,
                        "baseline": p.baseline, "axes": p.axes, "kind": p.experiment.topology.kind,
-                       "gpus": p.gpus} for p in sw.points]}
+                       "gpus": p.gpus, "deployment": group_of.get(p.run)} for p in sw.points],
+           "shared_deployments": dict(shared or {})}
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(sweep_dir / SWEEP_JSON, dump_json(doc))
     return sweep_dir / SWEEP_JSON
+
+
+SHARED_PARAM = "shared_deployment"
+
+
+def _declares(notebook: Path, name: str) -> bool:
+    """Whether a notebook's parameters cell declares `name` (custom run notebooks may not: no reuse then)."""
+    import papermill as pm
+
+    try:
+        return name in pm.inspect_notebook(str(notebook))
+    except Exception:  # noqa: BLE001 - an unreadable notebook fails later, with its own message
+        return False
 
 
 def _budget_s(pt: Point) -> float:
@@ -211,31 +229,36 @@ def run_sweep(sweep_path: str | Path, overrides: list[str] | None = None, result
     sw = load_sweep(sweep_path, overrides)
     sweep_dir = Path(results).resolve() / sw.name
     planned = plan(sw, sweep_dir, force)
-    todo = [p for p in planned if p.action != "skip"]
     nb_dir = notebooks_dir()
     custom = {k: (sw.path.parent / v).resolve() for k, v in sw.doc.notebooks.items()}
     bench_nb, compare_nb = custom.get("run", nb_dir / "benchmark.ipynb"), custom.get("compare", nb_dir / COMPARE)
+    shared = reuse.groups(p.point for p in planned if p.action != "skip") \
+        if _declares(bench_nb, SHARED_PARAM) else {}
+    planned = reuse.order(planned, lambda p: p.point.run, shared)
+    todo = [p for p in planned if p.action != "skip"]
 
     if dry_run:
         print(f"sweep '{sw.name}' from {sw.path}: {len(planned)} point(s) → {sweep_dir}")
         for p in planned:
             what = {"run": "run", "rerun": f"re-run ({p.note})", "skip": "skip (complete)", "force": "re-run (--force)"}
             levels = ", ".join(f"{v:g}" for _, v in p.point.experiment.workload.levels)
+            group = next((g for g, runs in shared.items() if p.point.run in runs), None)
             print(f"  {p.point.run:<26} {p.point.arm:<24} {p.point.gpus:>2} GPUs  levels [{levels}]  "
-                  f"{what[p.action]}")
+                  f"{what[p.action]}{f'  (shares deployment {group})' if group else ''}")
         print(f"{len(todo)} to run, {len(planned) - len(todo)} complete; nothing was run (--dry-run)")
         return 0
 
-    write_sweep_json(sw, sweep_dir, overrides)
+    write_sweep_json(sw, sweep_dir, overrides, shared)
     kernel = kernel_name()
     err.print(f"[bold]sweep {sw.name}[/]: {len(planned)} point(s), {len(todo)} to run, "
               f"{len(planned) - len(todo)} already complete → {sweep_dir}")
     failures: list[tuple[str, str]] = []
     started = time.monotonic()
-    with _forward_interrupts() as stop, _progress(err, len(todo)) as bar:
+    with _forward_interrupts() as stop, _progress(err, len(todo)) as bar, \
+            reuse.SharedDeployments(sw.name, sweep_dir, shared, on_event=err.print) as deps:
         try:
             _run_points(planned, todo, sw, sweep_dir, overrides, bench_nb, kernel, bar.console if bar else err,
-                        failures, bar, stop)
+                        failures, bar, stop, deps)
         except KeyboardInterrupt:
             err.print("[red]interrupted: ending what is still running …[/]")
             _after_interrupt(stop.kernels, {p.point.experiment.name for p in planned})
@@ -277,7 +300,7 @@ def _progress(err: Any, total: int) -> Iterator[Any]:
 
 def _run_points(planned: list[Planned], todo: list[Planned], sw: Sweep, sweep_dir: Path, overrides: list[str],
                 bench_nb: Path, kernel: str, err: Any, failures: list[tuple[str, str]], bar: Any = None,
-                stop: _Stop | None = None) -> None:
+                stop: _Stop | None = None, deps: reuse.SharedDeployments | None = None) -> None:
     """Execute the benchmark notebook for every planned point, printing progress and ETA; after an
     interrupt (stop.requested) the running point finishes saving and the sweep raises KeyboardInterrupt."""
     times: list[float] = []
@@ -294,10 +317,20 @@ def _run_points(planned: list[Planned], todo: list[Planned], sw: Sweep, sweep_di
         t = time.monotonic()
         params = {"point": _params_doc(p.point), "sweep": sw.name, "run_name": p.point.run,
                   "results": str(sweep_dir.parent), "progress": False}
-        error = execute(bench_nb, p.run_dir / NOTEBOOK, params, kernel=kernel, cwd=p.run_dir,
-                        timeout_s=_budget_s(p.point))
+        error: str | None = None
+        try:
+            handle = deps.handle_for(p.point.run, point_experiment(p.point)) if deps is not None else None
+        except Exception as e:  # noqa: BLE001 - a failed shared deploy fails this point, not the sweep
+            handle, error = None, f"deploying the shared deployment failed: {type(e).__name__}: {e}"
+        if handle:
+            params[SHARED_PARAM] = handle
+        if error is None:
+            error = execute(bench_nb, p.run_dir / NOTEBOOK, params, kernel=kernel, cwd=p.run_dir,
+                            timeout_s=_budget_s(p.point))
         if error is None and not is_complete(p.run_dir):
             error = "the notebook finished but the run has no summary.json"
+        if deps is not None:
+            deps.done(p.point.run, failed=error is not None)
         dt = time.monotonic() - t
         times.append(dt)
         left = sum(1 for q in planned[i:] if q.action != "skip")
