@@ -30,7 +30,6 @@ MAX_FAILED_SHARE = 0.1  # default share of failed requests above which a level i
 TOP_ERRORS = 3
 ACHIEVED_RATE_MIN = 0.95
 PERCENTILES = (50, 90, 95, 99)
-LATENCIES = ("ttft", "tpot", "itl", "e2e")
 
 
 def percentile(values: np.ndarray | list[float], q: float) -> float:

@@ -451,6 +451,14 @@ def normalize_args(args: EngineArgs, reserved: dict[str, str | None] | None = No
 # --------------------------------------------------------------------------- loading
 
 
+SWEEP_KEYS = ("sweep", "grid", "baselines", "base")
+
+
+def is_sweep_doc(doc: dict) -> bool:
+    """Whether a YAML document is a sweep file (any of its keys) rather than a params file."""
+    return any(k in doc for k in SWEEP_KEYS)
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, turning I/O and syntax problems into SpecErrors naming the file."""
     p = Path(path)
@@ -601,11 +609,6 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], file: 
     if len(lines) == 1:
         return SpecError(lines[0].split(": ", 1)[1], file=file, field=first_field)
     return SpecError("invalid params:\n  " + "\n  ".join(lines), file=file)
-
-
-def is_sweep_doc(doc: dict) -> bool:
-    """Whether a raw document is a sweep file rather than a params file (it has sweep-only keys)."""
-    return any(k in doc for k in ("sweep", "grid", "baselines", "base", "repeats", "equal_gpus"))
 
 
 def resolved(exp: Experiment) -> dict:
