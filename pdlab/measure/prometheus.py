@@ -122,6 +122,19 @@ class PrometheusSource:
                     f"; or remove {self.field} to scrape the pods directly")
             time.sleep(poll_s)
 
+    def settle(self, after_unix: float, timeout_s: float | None = None, poll_s: float = 0.25) -> bool:
+        """Wait until Prometheus has scraped every pod after `after_unix` (so the run's last state is in);
+        False when that did not happen within `timeout_s` (default three steps)."""
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else 3 * self.step_s)
+        while True:
+            res = self._api("/api/v1/query", {"query": f"timestamp({self.selector('up')})"}).get("result", [])
+            last = {r["metric"].get("pod"): float(r["value"][1]) for r in res}
+            if set(self.targets) <= set(last) and min(last[p] for p in self.targets) >= after_unix:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+
     def frame(self, start_unix: float, end_unix: float, *, t0_unix: float | None = None) -> pd.DataFrame:
         """Every series of the pods over [start, end] as the scraper's long-format DataFrame."""
         step = max(self.step_s, (end_unix - start_unix) / MAX_POINTS)

@@ -233,11 +233,12 @@ def _deployment_facts(dep: Deployment) -> dict[str, Any]:
 def _server_metrics(scraper: Scraper | None, prom: PrometheusSource | None, t0_unix: float,
                     final: bool = True) -> pd.DataFrame:
     """The run's server metrics: the direct scraper's samples, or Prometheus' series over the run's window
-    (after one more scrape interval, so the last state is in)."""
+    (once it has scraped every pod after the last level, so the last state is in)."""
     if prom is not None:
+        end = time.time()
         if final:
-            time.sleep(prom.step_s)
-        return prom.frame(t0_unix, time.time(), t0_unix=t0_unix)
+            prom.settle(end)
+        return prom.frame(t0_unix, max(end, time.time()), t0_unix=t0_unix)
     assert scraper is not None
     scraper.stop(final=final)
     return scraper.frame()
