@@ -46,7 +46,7 @@ LOG_TAIL = 20
 # namespaced kinds pdlab creates (cleanup looks for its labels on each), then cluster-scoped ones
 CLEANUP_KINDS = [("RoleBasedGroup", None), ("Service", "v1"), ("PersistentVolumeClaim", "v1"), ("Secret", "v1"),
                  ("RoleBinding", "rbac.authorization.k8s.io/v1"), ("Role", "rbac.authorization.k8s.io/v1"),
-                 ("ServiceAccount", "v1"), ("PersistentVolume", "v1")]
+                 ("ServiceAccount", "v1"), ("PersistentVolume", "v1"), ("Job", "batch/v1")]
 
 
 def _stderr(msg: str) -> None:
@@ -680,6 +680,7 @@ def rbac_manifests(namespace: str, *, name: str = "pdlab", subject_kind: str = "
          "verbs": rw},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": rw},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": rw},  # backend.k8s.load: job
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},

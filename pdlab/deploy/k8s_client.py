@@ -31,6 +31,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "RoleBasedGroup": ("rolebasedgroups", True),
     "Service": ("services", True),
     "Pod": ("pods", True),
+    "Job": ("jobs", True),
     "Event": ("events", True),
     "Secret": ("secrets", True),
     "ServiceAccount": ("serviceaccounts", True),

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pdlab import __version__
 from pdlab.core.errors import SpecError, did_you_mean
 from pdlab.experiment import profiles
 from pdlab.experiment.flags import ROUTER_FLAGS, WORKER_FLAGS, reserved_flag_error
@@ -331,6 +332,13 @@ class K8sSpec(_Strict):
     preflight: bool = True
     prometheus: str | None = Field(None, description="Prometheus base URL (e.g. ACK Managed Prometheus' HTTP API) "
                                    "to read server metrics from, by the pods' labels, instead of scraping each pod")
+    load: Literal["client", "job"] = Field("client", description="where the load generator runs: here ('client', "
+                                           "through `access`) or in the cluster next to the router ('job')")
+    load_pods: int = Field(1, ge=1, le=64, description="load: job — pods sharing the load (independent Poisson shares)")
+    load_image: str = Field("pdlab", description="load: job — the pdlab image (see the Dockerfile), without tag")
+    load_image_tag: str = Field(__version__, description="load: job — the pdlab image's tag")
+    load_start_delay_s: float = Field(30.0, ge=0, le=MAX_SECONDS, description="load: job — the pods start "
+                                      "together this long after the Job is created (image pull, start-up)")
 
     @model_validator(mode="after")
     def _url(self) -> K8sSpec:

@@ -22,8 +22,10 @@ from pdlab.core.stats import summarize
 from pdlab.experiment.arm import arm_of
 from pdlab.experiment.spec import resolved
 from pdlab.experiment.topology import build
+from pdlab.measure.jobload import LoadJobFailed, run_job_load
 from pdlab.measure.load.datasets import make_dataset
 from pdlab.measure.load.runner import LevelPlan, LevelStats, RecordSink, run_level_sync
+from pdlab.measure.load.shares import check_splittable, per_pod_client_bound
 from pdlab.measure.prometheus import PrometheusSource, source_for
 from pdlab.measure.scrape import Scraper
 from pdlab.measure.writer import RunWriter
@@ -132,9 +134,13 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
     done_levels: list[int] = []
     level_stats: dict[int, LevelStats] = {}
     plans = level_plans(exp)
+    job = exp.backend.kind == "k8s" and exp.backend.k8s.load == "job"
+    job_written = False  # the load Job's records went to requests.parquet already
     stack = contextlib.ExitStack()
     with stack, _Progress(progress) as prog:
         try:
+            if job:
+                check_splittable(exp.workload.arrival, exp.backend.k8s.load_pods)
             if prom is not None:
                 prom.check()  # before anything is deployed
             if dep is None:
@@ -154,9 +160,21 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
             else:
                 writer.write_provenance(metrics_source={"kind": "scrape", "interval_s": exp.metrics.step_s})
                 scraper = Scraper(dep.endpoints, interval_s=exp.metrics.step_s, t0=t0).start()
+            if job:
+                prog.note(f"running the load in the cluster: {exp.backend.k8s.load_pods} load pod(s) …")
+                load = run_job_load(dep, exp, plans, t0_unix, prog.note)
+                n = writer.write_requests_table(load.table)
+                job_written = True
+                writer.write_logs(load.logs)
+                writer.write_provenance(load_job={"pods": load.pods, "image": f"{exp.backend.k8s.load_image}:"
+                                                                              f"{exp.backend.k8s.load_image_tag}"})
+                if load.problems:
+                    raise LoadJobFailed("; ".join(load.problems) + f" ({n} records kept)")
+                done_levels.extend(p.index for p in plans)
             dataset = make_dataset(exp.workload.dataset, seed=exp.workload.seed)
-            dataset.prepare(sum(p.expected_requests() for p in plans) or 1000)
-            for plan in plans:
+            if not job:
+                dataset.prepare(sum(p.expected_requests() for p in plans) or 1000)
+            for plan in [] if job else plans:
                 unit = "req/s" if plan.kind == "rate" else "concurrent"
                 desc = f"level {plan.index + 1}/{len(plans)}: {plan.value:g} {unit}"
                 level_stats[plan.index] = run_level_sync(
@@ -164,16 +182,18 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
                     timeout_s=exp.workload.timeout_s, on_tick=prog.level(desc, plan.expected_requests()))
                 done_levels.append(plan.index)
             writer.write_server_metrics(_server_metrics(scraper, prom, t0_unix))
-            n = writer.write_requests(sink)
+            if not job:
+                n = writer.write_requests(sink)
             writer.write_logs(_collect_logs(dep))
-            summary = summarize(sink.table().to_pandas(), slo_ttft_ms=exp.slo.ttft_ms, slo_tpot_ms=exp.slo.tpot_ms,
+            records = load.table.to_pandas() if job else sink.table().to_pandas()
+            summary = summarize(records, slo_ttft_ms=exp.slo.ttft_ms, slo_tpot_ms=exp.slo.tpot_ms,
                                 gpus=topo.gpus, max_failed_share=exp.workload.max_failed_share)
-            summary = with_level_stats(summary, level_stats, plans)
+            summary = per_pod_client_bound(records, summary) if job else with_level_stats(summary, level_stats, plans)
             sink.close()
             writer.finish(_summary_doc(exp, run_name, sweep, t0_unix, summary, n))
         except BaseException as e:
             prog.note(f"[red]run stopped: {type(e).__name__}: {e}; saving what was measured to {run_dir}")
-            _save_partial(writer, sink, scraper, dep, e, done_levels, len(plans), prom, t0_unix)
+            _save_partial(writer, sink, scraper, dep, e, done_levels, len(plans), prom, t0_unix, job_written)
             raise
     return run_dir
 
@@ -246,7 +266,7 @@ def _server_metrics(scraper: Scraper | None, prom: PrometheusSource | None, t0_u
 
 def _save_partial(writer: RunWriter, sink: RecordSink, scraper: Scraper | None, dep: Deployment | None,
                   exc: BaseException, done_levels: list[int], n_levels: int, prom: PrometheusSource | None = None,
-                  t0_unix: float = 0.0) -> None:
+                  t0_unix: float = 0.0, requests_written: bool = False) -> None:
     """Best effort: keep every record and sample gathered so far and write incomplete.json."""
     reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
     n = 0
@@ -254,7 +274,10 @@ def _save_partial(writer: RunWriter, sink: RecordSink, scraper: Scraper | None, 
         if scraper is not None or prom is not None:
             writer.write_server_metrics(_server_metrics(scraper, prom, t0_unix, final=False))
     with contextlib.suppress(Exception):
-        n = writer.write_requests(sink)
+        if requests_written:
+            n = writer.requests_count()
+        else:
+            n = writer.write_requests(sink)
         sink.close()
     with contextlib.suppress(Exception):
         writer.write_logs(_collect_logs(dep))

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 import pdlab
@@ -108,6 +110,18 @@ class RunWriter:
     def write_requests(self, sink: RecordSink) -> int:
         """requests.parquet from everything the sink holds; returns the number of records."""
         return sink.write(self.dir / REQUESTS)
+
+    def write_requests_table(self, table: pa.Table) -> int:
+        """requests.parquet from an Arrow table of records (e.g. the load Job's, with `load_pod`), atomically."""
+        tmp = self.dir / f".{REQUESTS}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.dir / REQUESTS)
+        return table.num_rows
+
+    def requests_count(self) -> int:
+        """Rows of the requests.parquet written so far (0 when there is none)."""
+        p = self.dir / REQUESTS
+        return pq.read_metadata(p).num_rows if p.exists() else 0
 
     def write_server_metrics(self, df: pd.DataFrame) -> None:
         tmp = self.dir / ".server_metrics.parquet.tmp"

@@ -25,6 +25,7 @@ from typing import Any
 from pdlab.core.fsutil import free_port
 from pdlab.deploy.manifests import EMULATOR_ARGS_ANNOTATION
 from pdlab.testing.fakekube.cluster import RBG_KEY, Cluster, rbg_created_as
+from pdlab.testing.fakekube.jobs import reconcile_jobs, rewrite_service_urls
 from pdlab.testing.fakekube.store import ApiError, now
 
 NAME_LABEL = "rolebasedgroup.workloads.x-k8s.io/name"
@@ -62,6 +63,9 @@ class _Run:
     ip: str = ""
     uid: str = ""
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    exit_code: int | None = None  # restartPolicy Never: the container ended (the pod is Succeeded/Failed)
+    finished_at: str | None = None
+    evicted: str | None = None
 
 
 class Controller:
@@ -109,6 +113,7 @@ class Controller:
         for rbg in self.c.store.list(RBG_KEY):
             if not rbg["metadata"].get("deletionTimestamp"):
                 self._rbg(rbg)
+        reconcile_jobs(self.c)
         self._bind_volumes()
         self._schedule()
         self._kubelet()
@@ -362,7 +367,8 @@ class Controller:
                 run.stop.set()  # an older pod of the same name: its task ends and removes itself
                 continue
             if meta.get("deletionTimestamp"):
-                if run is None:
+                if run is None or run.exit_code is not None:
+                    self.runs.pop(key, None)
                     self.c.store.remove("pods", meta["namespace"], meta["name"])
                 else:
                     run.stop.set()
@@ -375,6 +381,8 @@ class Controller:
         for key, run in list(self.runs.items()):
             if key not in seen:
                 run.stop.set()
+                if run.exit_code is not None:
+                    del self.runs[key]
 
     def _pod(self, key: tuple[str, str], run: _Run) -> dict | None:
         p = self.c.store.get("pods", *key)
@@ -398,8 +406,8 @@ class Controller:
             pod = self._pod(key, run)
             if pod is not None and pod["metadata"].get("deletionTimestamp"):
                 self.c.store.remove("pods", *key)
-            if self.runs.get(key) is run:
-                del self.runs[key]
+            if self.runs.get(key) is run and (run.exit_code is None or self._pod(key, run) is None):
+                del self.runs[key]  # an ended Job pod stays (its status and log) until it is deleted
 
     async def _pod_lifecycle(self, key: tuple[str, str], run: _Run) -> None:
         pod = self._pod(key, run)
@@ -455,6 +463,10 @@ class Controller:
             self._status(key, run)
             exit_code = await self._probe_until_exit(key, run, pod, ctr)
             if run.stop.is_set() or exit_code is None:
+                return
+            if pod["spec"].get("restartPolicy") == "Never":  # a Job's pod: it ends, Succeeded or Failed
+                run.exit_code, run.finished_at, run.ready = exit_code, now(), False
+                self._status(key, run)
                 return
             run.restarts += 1
             run.ready = False
@@ -567,6 +579,16 @@ class Controller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), timeout=2)
 
+    def evict(self, ns: str, name: str, message: str = "The node was low on resource: memory.") -> bool:
+        """Evict a running pod as the kubelet does under node pressure: SIGTERM, then it ends Failed/Evicted."""
+        run = self.runs.get((ns, name))
+        if run is None or run.proc is None or run.proc.returncode is not None:
+            return False
+        run.evicted = message
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.proc.pid, signal.SIGTERM)
+        return True
+
     def kill_now(self) -> None:
         """Synchronous last resort (interpreter exit): SIGKILL every container's process group."""
         for run in self.runs.values():
@@ -579,7 +601,10 @@ class Controller:
         if pod is None:
             return
         ctr = pod["spec"]["containers"][0]
-        if run.waiting:
+        if run.exit_code is not None:
+            state = {"terminated": {"exitCode": run.exit_code, "reason": "Completed" if run.exit_code == 0 else "Error",
+                                    "startedAt": run.started_at, "finishedAt": run.finished_at}}
+        elif run.waiting:
             state = {"waiting": {"reason": run.waiting[0], **({"message": run.waiting[1]} if run.waiting[1] else {})}}
         else:
             state = {"running": {"startedAt": run.started_at}}
@@ -606,6 +631,10 @@ class Controller:
                   "hostIPs": [{"ip": host_ip}], "podIP": run.ip, "podIPs": [{"ip": run.ip}],
                   "startTime": pod["status"].get("startTime") or ts, "containerStatuses": [cs],
                   "qosClass": pod["status"].get("qosClass", "Burstable")}
+        if run.exit_code is not None:
+            status["phase"] = "Succeeded" if run.exit_code == 0 and not run.evicted else "Failed"
+            if run.evicted:
+                status.update(reason="Evicted", message=run.evicted)
         if status != pod["status"]:
             pod = copy.deepcopy(pod)
             pod["status"] = status
@@ -680,6 +709,9 @@ class Controller:
                 extra += ["--emu-time-scale", str(self.c.opt.emu_time_scale)]
         elif module == "sglang_router.launch_router":
             prefix, extra = list(self.c.opt.router_cmd), []
+        elif module == "pdlab.measure.loadpod":  # a load Job's pod: its spec names the router's Service
+            env = {k: rewrite_service_urls(self.c, v, self.port_for) for k, v in env.items()}
+            return [sys.executable, "-m", module, *rest], env
         else:
             return None, env
         return prefix + self._rewrite(ns, name, rest) + extra, env

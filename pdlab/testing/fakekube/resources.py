@@ -77,6 +77,7 @@ BUILTIN: tuple[Res, ...] = (
     _b("", "v1", "ServiceAccount", "serviceaccounts", True, ("sa",)),
     _b("", "v1", "Event", "events", True, ("ev",)),
     _b("apps", "v1", "StatefulSet", "statefulsets", True, ("sts",), ("status",), ("all",)),
+    _b("batch", "v1", "Job", "jobs", True, ("job",), ("status",), ("all",)),
     _b("rbac.authorization.k8s.io", "v1", "Role", "roles", True),
     _b("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", True),
     _b("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", False),
