@@ -30,9 +30,16 @@ DNS = {"spec": {"access": "service-dns"}}  # no router /health check (the test i
 
 @pytest.fixture(autouse=True, params=H.PROFILE_NAMES)
 def profile(request, monkeypatch) -> str:
-    """Every test here runs against each RBG controller profile of the fake."""
+    """Every test here runs against each RBG controller profile of the fake (unless marked `rbg_profiles`:
+    what does not touch the controller runs once, to keep the slow suite lean)."""
+    only = request.node.get_closest_marker("rbg_profiles")
+    if only is not None and request.param not in only.args:
+        pytest.skip(f"controller-independent: runs against {', '.join(only.args)} only")
     monkeypatch.setitem(H.PROFILE, "name", request.param)
     return request.param
+
+
+NEWEST_ONLY = pytest.mark.rbg_profiles(H.PROFILE_NAMES[-1])
 
 
 def _chat(url: str) -> list[str]:
@@ -146,6 +153,7 @@ def test_timeout_gives_a_diagnosis():
 
 
 @pytest.mark.slow
+@NEWEST_ONLY
 def test_crash_loop_reports_last_log_lines(tmp_path, capsys):
     with fake_kube(**API_ONLY, faults=Faults(crash=r"decode-0$")) as kube:
         rc, run_dir = run_cli(kube, tmp_path, "backend.k8s.fail_fast_s=0.5")
@@ -221,6 +229,7 @@ def test_scale_a_role_in_place_rolls_the_router():
         assert pdlab_objects(kube) == []
 
 
+@NEWEST_ONLY
 def test_rbac_is_least_privilege_and_applies():
     objs = rbac_manifests("llm")
     kinds = [o["kind"] for o in objs]
@@ -239,6 +248,7 @@ def test_rbac_is_least_privilege_and_applies():
         assert [o["metadata"]["name"] for o in kube.objects("roles.rbac.authorization.k8s.io", "llm")] == ["pdlab"]
 
 
+@NEWEST_ONLY
 def test_backend_from_spec_loads_kubeconfig_context_and_rejects_unknown_context(tmp_path):
     with fake_kube(**API_ONLY) as kube:
         from pdlab.experiment.spec import K8sSpec
@@ -251,6 +261,7 @@ def test_backend_from_spec_loads_kubeconfig_context_and_rejects_unknown_context(
 
 
 @pytest.mark.slow
+@NEWEST_ONLY
 def test_oss_keys_reach_the_cluster_secret_but_never_the_run_directory(tmp_path, monkeypatch):
     """The OSS Secret's values come from the environment at apply time; manifests.yaml, logs and provenance
     in the run directory never carry them, and teardown removes the Secret pdlab created."""
@@ -359,6 +370,7 @@ def test_a_conversion_webhook_that_goes_down_ends_the_wait_with_the_cause(profil
         faults.conversion_webhook_down = False
 
 
+@NEWEST_ONLY
 def test_a_client_without_param_serialize_is_named_not_blamed_on_the_network(monkeypatch):
     """Finding 7: pdlab's REST calls need kubernetes>=37 (ApiClient.param_serialize); an older client is
     reported as such, not as "cannot reach the API server"."""

@@ -186,11 +186,13 @@ class RbgController:
                 if self.p.updated_replicas:
                     rs["updatedReplicas"] = st.get("updatedReplicas", 0)
             prev = previous.get(role["name"])
+            # the status is written when any count changed (common.go ConstructRoleStatue), but an entry is
+            # rewritten only when replicas or readyReplicas changed (updateRBGStatus): updatedReplicas goes stale
+            changed = changed or prev is None or any(prev.get(k) != rs.get(k) for k in
+                                                     ("replicas", "readyReplicas", "updatedReplicas"))
             if prev is not None and (prev.get("replicas"), prev.get("readyReplicas")) == (rs["replicas"],
                                                                                         rs["readyReplicas"]):
-                rs = prev  # upstream rewrites an entry only when replicas or readyReplicas changed
-            else:
-                changed = True
+                rs = prev
             statuses.append(rs)
         if not changed and self.p.name != "v0.8" and old:
             return  # v0.4/v0.6 write the status only when a role's counts changed (observedGeneration with it)
