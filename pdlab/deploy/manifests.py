@@ -342,8 +342,9 @@ def render(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None = None,
 
 def annotate_emulator_args(objs: list[dict], exp: Experiment) -> list[dict]:
     """Add the experiment's `--emu-*` flags as an annotation on every worker pod template (in place), for a
-    cluster whose kubelet runs `pdlab.emulator` (see EMULATED_NODE_LABEL); the router's template is untouched.
-    The templates' hashes are stamped again."""
+    cluster whose kubelet runs `pdlab.emulator` (see EMULATED_NODE_LABEL); the router's template is untouched."""
+    import json
+
     from pdlab.experiment.commands import emulator_args
 
     value = json.dumps(emulator_args(exp))
@@ -355,7 +356,7 @@ def annotate_emulator_args(objs: list[dict], exp: Experiment) -> list[dict]:
                 continue
             template = role.get("template") or role.get("standalonePattern", {}).get("template") or {}
             template.setdefault("metadata", {}).setdefault("annotations", {})[EMULATOR_ARGS_ANNOTATION] = value
-            _stamp(template)
+            _stamp(template)  # the annotation is part of the template: its hash changes with it
     return objs
 
 
