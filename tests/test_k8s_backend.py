@@ -290,7 +290,8 @@ def test_oss_keys_reach_the_cluster_secret_but_never_the_run_directory(tmp_path,
 
 def _router_urls(kube) -> list[tuple[str, str]]:
     """(host, subdomain) of every worker URL in the running router pod's command."""
-    router = next(p for p in kube.objects("pods") if p["metadata"]["labels"].get("pdlab.io/role") == "scheduler")
+    router = next(p for p in kube.objects("pods") if p["metadata"]["labels"].get("pdlab.io/role") == "scheduler"
+                  and not p["metadata"].get("deletionTimestamp"))
     hosts = re.findall(r"http://([a-z0-9-]+)\.([a-z0-9-]+):\d+", " ".join(router["spec"]["containers"][0]["command"]))
     assert hosts
     return hosts
@@ -316,6 +317,25 @@ def test_pods_found_and_routed_by_pdlabs_labels_and_services(profile, api):
             svc = next(s for s in kube.objects("services") if s["metadata"]["name"] == "sglang-pd")
             assert svc["spec"]["selector"] == {"pdlab.io/run": "r1", "pdlab.io/role": "scheduler"}
         assert pdlab_objects(kube) == []
+
+
+def test_worker_addresses_follow_the_subdomain_the_controller_gave_the_pods(profile):
+    """Finding 3, the other way round: should a v0.5+ controller name the Service `s-<group>-<role>` after all
+    (its cache had not seen pdlab's Service yet), pdlab re-applies the router with the addresses the pods
+    actually have, and every URL resolves."""
+    if not PROFILES[profile].compatible_service_name:
+        pytest.skip(f"RBG {profile} always names the Service <group>-<role>")
+    events: list[str] = []
+    with fake_kube(**API_ONLY, rbg_stale_service_cache=True) as kube:
+        with backend(kube, events, **DNS).deploy(seed()) as dep:
+            urls = _router_urls(kube)
+            assert {sub for _, sub in urls} == {"s-sglang-pd-prefill", "s-sglang-pd-decode"}
+            for host, sub in urls:
+                assert kube.call(lambda h=host, s=sub: kube.cluster.pod_dns("default", h, s)) == host
+            assert dep.workers("decode")[0].url.startswith("http://sglang-pd-decode-0.s-sglang-pd-decode.default.")
+            dep.scale("decode", 2)
+            assert ("sglang-pd-decode-1", "s-sglang-pd-decode") in _router_urls(kube)
+    assert any("re-applying the router with the pods' addresses" in e for e in events)
 
 
 def test_scale_waits_for_the_router_running_the_new_worker_list():

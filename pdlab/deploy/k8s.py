@@ -264,6 +264,7 @@ class K8sDeployment(Deployment):
         self.pods: dict[str, dict] = {}
         self.events_seen: set[tuple] = set()
         self.rbg_events: list[dict] = []
+        self.subdomains: M.Subdomains = {}  # worker role → subdomain its pods got, where not pdlab's Service
         self._forwarders: dict[tuple[str, int], PortForwarder] = {}
         self._pf_api: Any = None
         self._pf_lock = threading.Lock()
@@ -344,8 +345,9 @@ class K8sDeployment(Deployment):
                 failing = [n for n, t in bad_since.items() if time.monotonic() - t >= self.backend.fail_fast_s]
                 if failing:
                     raise DeployError(self.diagnose(rbg, f"failing for {self.backend.fail_fast_s:.0f} s"))
+                if tag == "pod":
+                    self._sync_subdomains()
                 if self._is_ready():
-                    self._check_subdomains()
                     break
         finally:
             for w in watches:
@@ -375,21 +377,37 @@ class K8sDeployment(Deployment):
                 return False
         return True
 
-    def _check_subdomains(self) -> None:
-        """The router's static worker URLs name `<pod>.<group>-<role>`: check the controller made pdlab's
-        Service the pods' subdomain (it does in every released version), else say what it did instead."""
+    def _sync_subdomains(self) -> None:
+        """Worker addresses from what the cluster made: the router's static URLs name `<pod>.<subdomain>`, and
+        every released controller gives the pods pdlab's Service `<group>-<role>` as subdomain; should a
+        controller pick another (say, its cache had not seen pdlab's Service yet), re-apply the group with
+        the router pointing at the subdomain the pods actually have (the router rolls; readiness waits)."""
         if self.experiment.topology.router.service_discovery:
             return
+        actual: dict[str, str] = {}
         for role in self.topology.workers:
-            want = M.service_name(self.experiment, role.name)
-            for p in self.role_pods(role.name):
-                sub = (p.get("spec") or {}).get("subdomain")
-                if sub != want:
-                    raise DeployError(
-                        f"pod {p['metadata']['name']} has subdomain '{sub}', but the router was given "
-                        f"'{p['metadata']['name']}.{want}': the RBG controller did not adopt pdlab's headless "
-                        f"Service {want}; set topology.router.service_discovery: true (label-based) or report "
-                        f"the controller version (kubectl get deploy -A | grep rbgs)")
+            subs = {(p.get("spec") or {}).get("subdomain") for p in self.role_pods(role.name)}
+            if len(subs) == 1 and None not in subs:
+                actual[role.name] = subs.pop()
+        want = {r: sub for r, sub in actual.items() if sub != self.subdomains.get(r, M.service_name(self.experiment, r))}
+        if not want:
+            return
+        self.subdomains.update(want)
+        self._say("the RBG controller named the workers' headless Service "
+                  + ", ".join(f"{r}: {s}" for r, s in sorted(want.items()))
+                  + "; re-applying the router with the pods' addresses")
+        self._apply_group(self.experiment)
+
+    def _apply_group(self, exp: Experiment) -> None:
+        """Render and apply the RoleBasedGroup alone (scale, subdomain sync); it becomes what readiness expects."""
+        objs = M.render(exp, api=self.api_version, run_id=self.run_id, include_storage=False,
+                        subdomains=self.subdomains or None)
+        if self.info.get("emulated"):
+            M.annotate_emulator_args(objs, exp)
+        rbg = next(o for o in objs if o["kind"] == "RoleBasedGroup")
+        self.rest.apply(rbg)
+        self.objects = [rbg if o["kind"] == "RoleBasedGroup" else o for o in self.objects]
+        self.applied = [rbg if o["kind"] == "RoleBasedGroup" else o for o in self.applied]
 
     def _wait_router(self, deadline: float) -> None:
         """The router answers /health (through the chosen access path), unless only in-cluster DNS is usable."""
@@ -566,13 +584,7 @@ class K8sDeployment(Deployment):
         topo.pop("ratio", None)
         topo[role]["replicas"] = int(replicas)
         exp = experiment_from_dict(doc)
-        objs = M.render(exp, api=self.api_version, run_id=self.run_id, include_storage=False)
-        if self.info.get("emulated"):
-            M.annotate_emulator_args(objs, exp)
-        rbg = next(o for o in objs if o["kind"] == "RoleBasedGroup")
-        self.rest.apply(rbg)
-        self.objects = [rbg if o["kind"] == "RoleBasedGroup" else o for o in self.objects]
-        self.applied = [rbg if o["kind"] == "RoleBasedGroup" else o for o in self.applied]
+        self._apply_group(exp)
         self.experiment, self.topology = exp, build(exp)
         for key in [k for k in self._forwarders if int(k[0].rsplit("-", 1)[1]) >= replicas
                     and k[0].startswith(f"{self.group}-{role}-")]:

@@ -57,18 +57,23 @@ def service_name(exp: Experiment, role: str) -> str:
     return f"{exp.name}-{role}"
 
 
-def pod_dns(exp: Experiment, role: str, index: int) -> str:
-    """Per-pod DNS name inside the namespace, e.g. `sglang-pd-prefill-0.sglang-pd-prefill`."""
-    return f"{exp.name}-{role}-{index}.{service_name(exp, role)}"
+Subdomains = dict[str, str]  # worker role → the headless Service its pods actually got as subdomain
 
 
-def worker_url(exp: Experiment, role: str, index: int) -> str:
-    return f"http://{pod_dns(exp, role, index)}:{HTTP_PORT}"
+def pod_dns(exp: Experiment, role: str, index: int, subdomains: Subdomains | None = None) -> str:
+    """Per-pod DNS name inside the namespace, e.g. `sglang-pd-prefill-0.sglang-pd-prefill` (the subdomain the
+    role's pods got, when known and different)."""
+    return f"{exp.name}-{role}-{index}.{(subdomains or {}).get(role) or service_name(exp, role)}"
 
 
-def router_command(exp: Experiment, run_id: str | None = None) -> list[str]:
+def worker_url(exp: Experiment, role: str, index: int, subdomains: Subdomains | None = None) -> str:
+    return f"http://{pod_dns(exp, role, index, subdomains)}:{HTTP_PORT}"
+
+
+def router_command(exp: Experiment, run_id: str | None = None, subdomains: Subdomains | None = None) -> list[str]:
     """The router container's command: every prefill URL with its bootstrap port, every decode URL."""
     topo = build(exp)
+    sub = subdomains
     extra: dict[str, Any] = {}
     if exp.topology.router.impl == "sglang-router":
         extra["prometheus-host"] = "0.0.0.0"
@@ -81,8 +86,8 @@ def router_command(exp: Experiment, run_id: str | None = None) -> list[str]:
         else:
             args = router_args(
                 exp,
-                prefill=[(worker_url(exp, "prefill", i), exp.topology.bootstrap_port) for i in range(p.replicas)],
-                decode=[worker_url(exp, "decode", i) for i in range(d.replicas)],
+                prefill=[(worker_url(exp, "prefill", i, sub), exp.topology.bootstrap_port) for i in range(p.replicas)],
+                decode=[worker_url(exp, "decode", i, sub) for i in range(d.replicas)],
                 host="0.0.0.0", port=HTTP_PORT, extra=extra)
     else:
         w = topo.role("worker")
@@ -90,7 +95,7 @@ def router_command(exp: Experiment, run_id: str | None = None) -> list[str]:
             args = _with_service_discovery(exp, router_args(exp, workers=[], host="0.0.0.0", port=HTTP_PORT,
                                                             extra=extra), ["worker"], run_id)
         else:
-            args = router_args(exp, workers=[worker_url(exp, "worker", i) for i in range(w.replicas)],
+            args = router_args(exp, workers=[worker_url(exp, "worker", i, sub) for i in range(w.replicas)],
                                host="0.0.0.0", port=HTTP_PORT, extra=extra)
     return ["python3", *args]
 
@@ -151,7 +156,7 @@ def _worker_pod(exp: Experiment, role: Role, lab: dict[str, str]) -> dict:
     }
 
 
-def _router_pod(exp: Experiment, lab: dict[str, str], run_id: str | None) -> dict:
+def _router_pod(exp: Experiment, lab: dict[str, str], run_id: str | None, subdomains: Subdomains | None) -> dict:
     ports = [{"containerPort": HTTP_PORT, "name": "http"}]
     if exp.topology.router.impl == "sglang-router":
         ports.append({"containerPort": ROUTER_METRICS_PORT, "name": "metrics"})
@@ -160,7 +165,7 @@ def _router_pod(exp: Experiment, lab: dict[str, str], run_id: str | None) -> dic
             "name": "scheduler",
             "image": exp.router_image or exp.image,
             "imagePullPolicy": "IfNotPresent",
-            "command": router_command(exp, run_id),
+            "command": router_command(exp, run_id, subdomains),
             "ports": ports,
             "readinessProbe": _probe() | {"initialDelaySeconds": 5},
             "resources": {"limits": {"cpu": "2", "memory": "4Gi"}, "requests": {"cpu": "1", "memory": "2Gi"}},
@@ -171,8 +176,10 @@ def _router_pod(exp: Experiment, lab: dict[str, str], run_id: str | None) -> dic
     return {"metadata": {"labels": dict(lab)}, "spec": spec}
 
 
-def rolebasedgroup(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None = None) -> dict:
-    """The RoleBasedGroup object for an experiment, in the v1alpha1 (ACK) or v1alpha2 (upstream) shape."""
+def rolebasedgroup(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None = None,
+                   subdomains: Subdomains | None = None) -> dict:
+    """The RoleBasedGroup object for an experiment, in the v1alpha1 (ACK) or v1alpha2 (upstream) shape;
+    `subdomains` overrides the workers' Service names in the router's URLs (what the cluster made)."""
     if api not in API_VERSIONS:
         raise SpecError(f"unknown RoleBasedGroup API version '{api}'; use one of {', '.join(API_VERSIONS)}",
                         field="--api")
@@ -183,7 +190,7 @@ def rolebasedgroup(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None
     for role in topo.roles:
         role_lab = {**lab, ROLE_LABEL: role.name}
         if role.name == ROUTER_ROLE:
-            template = _router_pod(exp, role_lab, run_id)
+            template = _router_pod(exp, role_lab, run_id, subdomains)
             entry: dict[str, Any] = {"name": role.name, "replicas": 1,
                                      "dependencies": sorted(worker_names)}
         else:
@@ -327,7 +334,7 @@ def discovery_rbac(exp: Experiment, run_id: str | None = None) -> list[dict]:
 
 
 def render(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None = None, include_storage: bool = True,
-           with_secrets: bool = False) -> list[dict]:
+           with_secrets: bool = False, subdomains: Subdomains | None = None) -> list[dict]:
     """Every object of the experiment, in apply order: storage, discovery RBAC, the workers' headless Services,
     RBG, router Service."""
     objs: list[dict] = []
@@ -335,7 +342,7 @@ def render(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None = None,
         objs += storage_objects(exp, run_id, with_secrets=with_secrets)
     objs += discovery_rbac(exp, run_id)
     objs += worker_services(exp, run_id)
-    objs.append(rolebasedgroup(exp, api=api, run_id=run_id))
+    objs.append(rolebasedgroup(exp, api=api, run_id=run_id, subdomains=subdomains))
     objs.append(service(exp, run_id))
     return objs
 

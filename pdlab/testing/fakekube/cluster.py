@@ -98,6 +98,8 @@ class Options:
     install_rbg: bool = True
     rbg_profile: str = "v0.8"  # which RBG controller release to behave like (rbgprofiles.PROFILES)
     rbg_versions: tuple[str, ...] | None = None  # RBG versions served (default: the profile's)
+    # v0.5+ name the headless Service as if their informer cache had not seen an existing `<group>-<role>` yet
+    rbg_stale_service_cache: bool = False
     pvcs: tuple[str, ...] = ()  # Bound PVCs pre-created in the first namespace (e.g. the model's 'llm-model')
     time_scale: float = 0.05  # multiplies kubelet timings: probe delays/periods, pull time, back-offs, grace
     pull_s: float = 2.0

@@ -99,7 +99,8 @@ class RbgController:
         """v0.4: `<group>-<role>`; v0.5+ (GetCompatibleHeadlessServiceName): that name if such a Service exists,
         else `s-<group>-<role>`."""
         old = f"{group}-{role}"
-        if not self.p.compatible_service_name or self.c.store.get("services", ns, old) is not None:
+        seen = not self.c.opt.rbg_stale_service_cache and self.c.store.get("services", ns, old) is not None
+        if not self.p.compatible_service_name or seen:
             return old
         return f"s-{group}-{role}"
 
