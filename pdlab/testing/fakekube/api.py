@@ -131,8 +131,9 @@ def build_app(cluster: Cluster, controller: Controller) -> Starlette:
                 "POST": "create", "PUT": "update", "PATCH": "patch",
                 "DELETE": "delete" if name else "deletecollection"}.get(method, "get")
         auth = request.headers.get("authorization", "")
-        cluster.authorize(auth.removeprefix("Bearer ").strip() or None, verb, r, ns if r.namespaced else None,
-                          name, sub)
+        # a namespace object is authorized within itself (a Role may grant `get` on its own namespace)
+        scope = ns if r.namespaced else (name if r.plural == "namespaces" else None)
+        cluster.authorize(auth.removeprefix("Bearer ").strip() or None, verb, r, scope, name, sub)
         fm, fv = q.get("fieldManager"), q.get("fieldValidation", "Strict") or "Strict"
         dry = q.get("dryRun") == "All"
         if method == "GET" and name is None:
