@@ -6,7 +6,7 @@ import pytest
 
 from pdlab.deploy.coldstart import ColdStart, table
 
-ROLE = "rolebasedgroup.workloads.x-k8s.io/role"
+ROLE = "pdlab.io/role"
 
 
 def _pod(name: str, role: str, *, node: str | None = None, scheduled: bool = False, running: bool = False,

@@ -99,7 +99,8 @@ def test_pod_monitor_selects_the_groups_pods_and_scrapes_workers_and_router(caps
     rbg = next(d for d in docs if d["kind"] == "RoleBasedGroup")
     assert pm["apiVersion"] == "monitoring.coreos.com/v1"
     assert pm["metadata"]["namespace"] == rbg["metadata"]["namespace"]
-    assert pm["spec"]["selector"]["matchLabels"] == {"rolebasedgroup.workloads.x-k8s.io/name": rbg["metadata"]["name"]}
+    assert pm["spec"]["selector"]["matchLabels"] == {"pdlab.io/experiment": rbg["metadata"]["name"]}
+    assert pm["spec"]["selector"]["matchExpressions"] == [{"key": "pdlab.io/role", "operator": "Exists"}]
     ports = {e["port"] for e in pm["spec"]["podMetricsEndpoints"]}
     named = {p["name"] for r in rbg["spec"]["roles"] for c in r["template"]["spec"]["containers"] for p in c["ports"]}
     assert ports == {"http", "metrics"} and ports <= named  # every scraped port exists on the pods

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 STAGES = ("created", "scheduled", "started", "ready")
-ROLE_LABEL = "rolebasedgroup.workloads.x-k8s.io/role"
+ROLE_LABELS = ("pdlab.io/role", "rolebasedgroup.workloads.x-k8s.io/role")  # pdlab's own first
 
 
 class ColdStart:
@@ -42,7 +42,8 @@ class ColdStart:
         meta, st, spec = pod.get("metadata") or {}, pod.get("status") or {}, pod.get("spec") or {}
         if meta.get("deletionTimestamp"):
             return
-        name, role = meta.get("name", ""), (meta.get("labels") or {}).get(ROLE_LABEL, "")
+        lab = meta.get("labels") or {}
+        name, role = meta.get("name", ""), next((lab[k] for k in ROLE_LABELS if k in lab), "")
         node = spec.get("nodeName")
         self.mark(name, role, "created", node=node)
         conds = {c.get("type"): c.get("status") for c in st.get("conditions") or []}

@@ -1,11 +1,11 @@
-"""The fake cluster's Job controller (batch/v1, what pdlab's in-cluster load uses) and Service resolution.
+"""The fake cluster's Job controller (batch/v1, what pdlab's in-cluster load uses).
 
 `reconcile_jobs(cluster)` creates one pod per completion index of an Indexed Job (never re-creating a pod
 that ended: pdlab's load Jobs have backoffLimit 0), labelled and annotated with the index, with
 `JOB_COMPLETION_INDEX` in the environment and the Job as controller owner (so deleting the Job deletes its
 pods), and keeps the Job's status (active / succeeded / failed, Complete / Failed conditions).
-`service_target(cluster, ns, service, port)` finds the ready pod a Service selects and its target port: the
-kubelet rewrites `http://<svc>.<ns>.svc.cluster.local:<port>` in a load pod's spec to that pod's local port.
+`SVC_URL` matches the `http://<svc>.<ns>.svc.cluster.local:<port>` URLs in a load pod's spec, which the kubelet
+points at the local port of the pod behind the Service.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pdlab.testing.fakekube.store import ApiError, now
 
 JOBS = "jobs.batch"
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
-SVC_URL = re.compile(r"http://(?P<svc>[a-z0-9-]+)\.(?P<ns>[a-z0-9-]+)\.svc(?:\.cluster\.local)?:(?P<port>\d+)")
+SVC_URL = re.compile(r"http://(?P<host>[a-z0-9-]+\.[a-z0-9-]+\.svc(?:\.cluster\.local)?):(?P<port>\d+)")
 
 
 def _suffix(*parts: str) -> str:
@@ -90,33 +90,4 @@ def _status(c: Any, job: dict, pods: list[dict], completions: int) -> None:
         c.store.put(JOBS, job["metadata"]["namespace"], job)
 
 
-def service_target(c: Any, ns: str, service: str, port: int) -> tuple[str, int] | None:
-    """(pod, container port) behind `service:port`: a ready pod its selector matches, else None."""
-    svc = c.store.get("services", ns, service)
-    if svc is None:
-        return None
-    sel = (svc.get("spec") or {}).get("selector") or {}
-    target = port
-    for p in (svc.get("spec") or {}).get("ports") or []:
-        if int(p.get("port", 0)) == port:
-            target = int(p.get("targetPort", port)) if str(p.get("targetPort", port)).isdigit() else port
-    pods = [p for p in c.store.list("pods", ns) if sel
-            and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items())
-            and not p["metadata"].get("deletionTimestamp")]
-    ready = [p for p in pods if any(x.get("type") == "Ready" and x.get("status") == "True"
-                                    for x in (p.get("status") or {}).get("conditions", []))]
-    chosen = (ready or pods or [None])[0]
-    return (chosen["metadata"]["name"], target) if chosen else None
-
-
-def rewrite_service_urls(c: Any, text: str, port_for: Any) -> str:
-    """`http://<svc>.<ns>.svc.cluster.local:<port>` → the local port of the pod behind the Service."""
-    def sub(m: re.Match) -> str:
-        hit = service_target(c, m.group("ns"), m.group("svc"), int(m.group("port")))
-        if hit is None:
-            return m.group(0)
-        return f"http://127.0.0.1:{port_for(m.group('ns'), hit[0], hit[1])}"
-    return SVC_URL.sub(sub, text)
-
-
-__all__ = ["JOBS", "reconcile_jobs", "rewrite_service_urls", "service_target"]
+__all__ = ["JOBS", "SVC_URL", "reconcile_jobs"]
