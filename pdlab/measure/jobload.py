@@ -76,7 +76,12 @@ def run_job_load(dep: Any, exp: Experiment, plans: list[LevelPlan], t0_unix: flo
     import time
 
     k = exp.backend.k8s
-    job = LoadJob(dep.rest, exp, run_id=getattr(dep, "run_id", None), on_event=note, fail_fast_s=k.fail_fast_s)
+    rest = getattr(dep, "rest", None)
+    if rest is None:  # a deployment shared by sweep points (its owner holds the client): connect here
+        from pdlab.deploy.k8s import K8sBackend
+
+        rest = K8sBackend(k).rest()
+    job = LoadJob(rest, exp, run_id=getattr(dep, "run_id", None), on_event=note, fail_fast_s=k.fail_fast_s)
     spec = load_spec(exp, in_cluster_router_url(exp), plans, k.load_pods,
                      start_unix=time.time() + k.load_start_delay_s)
     try:
