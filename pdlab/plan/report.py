@@ -11,7 +11,7 @@ from typing import Any
 
 from pdlab.experiment.spec import Experiment
 from pdlab.plan.pareto import frontier
-from pdlab.plan.search import Result, Search
+from pdlab.plan.search import TOL, Result, Search
 
 
 def config_row(r: Result, statistic: str = "mean") -> dict[str, Any]:
@@ -56,9 +56,10 @@ def verdict(best_pd: dict | None, best_col: dict | None) -> str:
     if not best_col:
         return "PD: no colocated configuration meets the SLO"
     a, b = best_pd["output_tok_s_per_gpu"], best_col["output_tok_s_per_gpu"]
+    tie = "; within the search's resolution, a tie" if max(a, b) / min(a, b) < 1 + 2 * TOL else ""
     if a >= b:
-        return f"PD, {a / b:.2f}× the best colocated tok/s/GPU ({best_pd['label']} vs {best_col['label']})"
-    return f"colocated, {b / a:.2f}× the best PD tok/s/GPU ({best_col['label']} vs {best_pd['label']})"
+        return f"PD, {a / b:.2f}× the best colocated tok/s/GPU ({best_pd['label']} vs {best_col['label']}{tie})"
+    return f"colocated, {b / a:.2f}× the best PD tok/s/GPU ({best_col['label']} vs {best_pd['label']}{tie})"
 
 
 def summarize(exp: Experiment, s: Search, budget: int) -> dict[str, Any]:
@@ -128,7 +129,7 @@ def format_plan(plan: dict[str, Any], top: int = 10) -> str:
         lines.append("  (none)")
     shown_stat = stat if stat.startswith("p") else "mean"
     lines.append(f"TTFT/TPOT: {shown_stat} at the max rate; * = best of its kind; SLO judged on {stat}; "
-                 f"emulated, virtual time")
+                 f"tok/s/GPU per GPU used (of {plan['budget']}); emulated, virtual time")
     lines.append("")
     if plan["closest_miss"]:
         m = plan["closest_miss"]
