@@ -178,3 +178,22 @@ def test_predicted_vs_measured_joins_runs_and_rates() -> None:
     assert t.loc[(1.0, "ttft_mean_ms"), "error"] == pytest.approx(110 / 100 - 1)
     assert t.loc[(1.0, "output_tok_s_per_gpu"), "measured"] == 50.0
     assert math.isnan(t.loc[(2.0, "ttft_mean_ms"), "measured"])  # not measured at that rate
+
+
+@pytest.mark.slow
+def test_emit_then_sweep_gives_predicted_vs_measured(params_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from pdlab.orchestrate.sweep import run_sweep
+    from pdlab.plan.verify import plan_for_sweep, predicted_vs_measured
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["plan", str(params_dir / "demo-local.yaml"), "--budget", "2", "--emit", "plan",
+               "--set", "workload.duration_s=8"])
+    assert rc == 0
+    assert run_sweep("plan/sweep.yaml", results="res") == 0
+    sweep_dir = tmp_path / "res" / "plan-demo"
+    table = predicted_vs_measured(sweep_dir)
+    runs = set(json.loads((tmp_path / "plan" / PREDICTIONS).read_text())["runs"])
+    assert set(table["run"]) == runs and table["measured"].notna().all() and table["predicted"].notna().all()
+    ttft = table[table["figure"] == "ttft_mean_ms"]
+    assert (ttft["error"].abs() < 1.0).all()  # the same engine and perf model: within 2× at every level
+    assert plan_for_sweep(sweep_dir)["best_pd"]["kind"] == "pd"
