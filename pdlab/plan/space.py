@@ -3,7 +3,7 @@
 A candidate is a *unit* (one colocated instance, or one xPyD group with its own prefill TP and decode TP)
 replicated to fill the budget: `2×(1P1D) (TP2)` is the 1P1D unit twice. Under round-robin routing n copies
 of a unit at n× the rate behave like one copy, so the planner simulates one unit and scales. PD units are
-enumerated with coprime (x, y): 2P2D is 2×(1P1D). TPs are {1, 2, 4, 8} that divide the node and fit the
+enumerated with coprime (x, y): 2P2D is 2×(1P1D), and at most MAX_INSTANCES per role. TPs are {1, 2, 4, 8} that divide the node and fit the
 model: weights plus the KV of the workload's longest request at the configured memory fraction.
 """
 
@@ -19,7 +19,8 @@ from pdlab.experiment.loader import experiment_from_dict
 from pdlab.experiment.spec import Experiment
 
 TPS = (1, 2, 4, 8)
-CAPS = (32, 64, 128)  # --max-running-requests values tried on the decoding role (refinement step)
+CAPS = (32, 64, 128)
+MAX_INSTANCES = 16  # per role in one PD unit; larger deployments are replicas of a unit  # --max-running-requests values tried on the decoding role (refinement step)
 DEFAULT_MEM_FRACTION = 0.88
 
 
@@ -97,8 +98,8 @@ def enumerate_space(exp: Experiment, budget: int) -> list[Candidate]:
     out = [Candidate("colocated", 1, t, replicas=budget // t) for t in usable]
     for pt in usable:
         for dt in usable:
-            for p in range(1, budget // pt + 1):
-                for d in range(1, (budget - p * pt) // dt + 1):
+            for p in range(1, min(budget // pt, MAX_INSTANCES) + 1):
+                for d in range(1, min((budget - p * pt) // dt, MAX_INSTANCES) + 1):
                     if math.gcd(p, d) == 1:
                         out.append(Candidate("pd", p, pt, d, dt, replicas=budget // (p * pt + d * dt)))
     return out
