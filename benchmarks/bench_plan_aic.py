@@ -24,8 +24,9 @@ from pathlib import Path
 
 import yaml
 
+from pdlab.emulator import perfmodel
 from pdlab.experiment.loader import load_experiment
-from pdlab.plan.bounds import bound
+from pdlab.plan.bounds import bound, prefill_seconds_per_request
 from pdlab.plan.search import max_rate
 from pdlab.plan.simulate import unit_configs
 from pdlab.plan.space import Candidate
@@ -139,6 +140,22 @@ def main() -> None:
               f"{float(row['ttft']):5.0f} ms, TPOT {float(row['tpot']):5.1f} ms | pdlab {res.tok_s_per_gpu:7.1f} at "
               f"{res.max_rate:5.2f} req/s, TTFT {f.get('ttft_mean_ms', float('nan')):5.0f}, "
               f"TPOT {f.get('tpot_mean_ms', float('nan')):5.1f}")
+    if picks.get("disagg") is not None:
+        row, c = aic["disagg"], picks["disagg"]
+        pre, dec = unit_configs(exp, c)
+        bs = int(float(row["(d)bs"]))
+        aic_pre = 1e3 / float(row["(p)seq/s/worker"])
+        ours_pre = prefill_seconds_per_request(pre, a.isl) * 1e3
+        ours_dec = perfmodel.step_time(dec.model, dec.gpu, dec.tp, decode=[a.isl + a.osl // 2] * bs,
+                                       overhead_s=dec.step_overhead_s).total_s * 1e3
+        print(f"  perf model, {c.label}: prefill of one {a.isl}-token prompt at TP{c.prefill_tp}: AIC "
+              f"{aic_pre:.0f} ms/request, pdlab {ours_pre:.0f} ({ours_pre / aic_pre:.2f}×); decode step at batch {bs} "
+              f"TP{c.decode_tp}: AIC TPOT {float(row['tpot']):.1f} ms, pdlab {ours_dec:.1f} ({ours_dec / float(row['tpot']):.2f}×)")
+        res = max_rate(exp, c, (pre, dec), bound(exp, c, pre, dec))
+        aic_util = float(row["request_rate"]) * aic_pre / 1e3 / c.prefill
+        ours_util = res.max_rate / c.replicas * ours_pre / 1e3 / c.prefill
+        print(f"  operating point: prefill busy {aic_util:.0%} (AIC) vs {ours_util:.0%} (pdlab): pdlab runs prefill "
+              f"until queueing pushes the {exp.slo.statistic} TTFT to the target, AIC stops earlier")
     print("Where they differ: pdlab simulates Poisson arrivals through SGLang's scheduler (queueing in TTFT, prefill "
           "stalls in colocated TPOT, KV admission), AIConfigurator evaluates a static batch; the perf models differ "
           "(pdlab: roofline with profile efficiencies; AIC: its measured kernel database); pdlab also searches prefill "

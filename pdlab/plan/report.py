@@ -28,7 +28,9 @@ def config_row(r: Result, statistic: str = "mean") -> dict[str, Any]:
         "max_running_requests": c.cap, "max_rate": round(r.max_rate, 4),
         "output_tok_s_per_gpu": round(r.tok_s_per_gpu, 2),
         "tok_s_per_user": _round(f.get("tok_s_per_user")) if r.meets else None,
-        "ttft_ms": _round(f.get(f"ttft_{stat}_ms")), "tpot_ms": _round(f.get(f"tpot_{stat}_ms")),
+        "ttft_ms": _round(max(f.get(f"ttft_{stat}_ms", math.nan), f.get("ttft_steady_floor_ms", 0.0))
+                          if stat == "mean" else f.get(f"ttft_{stat}_ms")),
+        "tpot_ms": _round(f.get(f"tpot_{stat}_ms")),
         "ttft_p99_ms": _round(f.get("ttft_p99_ms")), "tpot_p99_ms": _round(f.get("tpot_p99_ms")),
         "attainment": _round(f.get("attainment"), 4), "meets_slo": r.meets,
         "miss": None if r.meets or not p else (p.why or "misses"),

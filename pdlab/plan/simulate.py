@@ -25,6 +25,7 @@ from pdlab.experiment.spec import Experiment
 from pdlab.experiment.topology import build
 from pdlab.measure.load.arrivals import send_times
 from pdlab.measure.load.datasets import sample_length
+from pdlab.plan.bounds import prefill_seconds_per_request
 from pdlab.plan.space import Candidate, unit_experiment
 
 UNBOUNDED = 4.0  # a judged request unfinished after this × its SLO budget means the queue grows without bound
@@ -79,6 +80,20 @@ def requests(exp: Experiment, rate: float, warm: int, measured: int, tail_s: flo
     rng = random.Random(w.seed)
     return [SimRequest(t, sample_length(rng, ds.input_len, ds.range_ratio),
                        sample_length(rng, ds.output_len, ds.range_ratio)) for t in times]
+
+
+def queue_floor(exp: Experiment, c: Candidate, prefill: EngineConfig, rate: float) -> tuple[float, float]:
+    """(utilisation, mean TTFT floor in s) of one prefill instance in steady state: its prefill time plus the
+    Kingman G/G/1 wait, t·ρ/(1−ρ)·(ca² + cs²)/2, with round-robin over P instances (ca² = 1/P) and prompt lengths
+    uniform in len·(1 ± r) (cs² = r²/3). A finite window starts empty and cannot show this wait near saturation."""
+    ds = exp.workload.dataset
+    t = prefill_seconds_per_request(prefill, ds.input_len)
+    instances = c.prefill if c.kind == "pd" else 1
+    rho = rate / c.replicas / instances * t
+    if rho >= 1:
+        return rho, math.inf
+    wait = t * rho / (1 - rho) * (1 / instances + ds.range_ratio ** 2 / 3) / 2
+    return rho, t + wait
 
 
 def judge(exp: Experiment, ttft_s: np.ndarray, tpot_s: np.ndarray) -> tuple[bool, float, str]:
@@ -151,6 +166,14 @@ def probe(exp: Experiment, c: Candidate, configs: tuple[EngineConfig, EngineConf
     """Simulate the candidate's unit at rate / replicas and judge its steady-state window against the SLO
     (`early=False`: run the window out even once the verdict is a certain miss, for full figures)."""
     slo, ds = exp.slo, exp.workload.dataset
+    rho, floor = queue_floor(exp, c, configs[0], rate)
+    queued = None
+    if floor * 1e3 > slo.ttft_ms and (slo.statistic != "p50" and
+                                      (slo.statistic != "attainment" or slo.attainment >= 0.5)):
+        queued = Probe(rate, False, f"steady-state prefill queue: {rho:.0%} busy, mean TTFT ≥ {floor * 1e3:.0f} ms",
+                       floor * 1e3 / slo.ttft_ms)
+        if early:
+            return queued
     unit_rate = rate / c.replicas
     fill_s = ds.output_len * slo.tpot_ms / 1e3
     warm = max(exp.workload.warmup, math.ceil(unit_rate * fill_s))
@@ -181,5 +204,8 @@ def probe(exp: Experiment, c: Candidate, configs: tuple[EngineConfig, EngineConf
         "output_tok_s_per_gpu": rate * mean_out / c.gpus,
         "tok_s_per_user": 1.0 / tpot_mean if tpot_mean > 0 else math.nan,
         "decode_batch": unit_rate * decode_s / max(c.decode, 1),
+        "prefill_busy": rho, "ttft_steady_floor_ms": floor * 1e3,
     }
+    if queued is not None:
+        return Probe(rate, False, queued.why, max(queued.miss, miss), len(got), figures)
     return Probe(rate, ok, "" if ok else why, miss, len(got), figures)
