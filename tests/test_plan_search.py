@@ -14,11 +14,12 @@ from pdlab.core.errors import SpecError
 from pdlab.emulator.engine import SimRequest, simulate
 from pdlab.experiment.loader import load_experiment
 from pdlab.experiment.sweepspec import load_sweep
+from pdlab.plan.bounds import prefill_seconds_per_request
 from pdlab.plan.emit import PREDICTIONS, emit
 from pdlab.plan.pareto import frontier
 from pdlab.plan.report import usd_per_million
 from pdlab.plan.search import TOL, search
-from pdlab.plan.simulate import probe, unit_configs
+from pdlab.plan.simulate import probe, queue_floor, unit_configs
 from pdlab.plan.space import Candidate, enumerate_space, fitting_tps
 from pdlab.plan.verify import compare
 
@@ -72,6 +73,18 @@ def test_max_rate_meets_the_slo_and_a_bit_more_does_not(demo_search) -> None:
         above = r.max_rate * (1 + 2 * TOL)
         if above < r.bound.rate:
             assert not probe(exp, r.candidate, unit_configs(exp, r.candidate), above).meets
+
+
+def test_steady_state_prefill_queue_floor_rejects_near_saturation(params_dir: Path) -> None:
+    exp = load_experiment(params_dir / "demo-local.yaml", ["slo.statistic=mean"])
+    c = Candidate("pd", 1, 1, 1, 1)
+    cfg = unit_configs(exp, c)
+    t = prefill_seconds_per_request(cfg[0], exp.workload.dataset.input_len)
+    rhos, floors = zip(*(queue_floor(exp, c, cfg[0], r / t) for r in (0.3, 0.6, 0.9, 0.99)), strict=True)
+    assert list(floors) == sorted(floors) and floors[0] >= t and rhos[-1] == pytest.approx(0.99)
+    assert math.isinf(queue_floor(exp, c, cfg[0], 1.01 / t)[1])
+    p = probe(exp, c, cfg, 0.99 / t)
+    assert not p.meets and "prefill queue" in p.why
 
 
 def test_tail_statistic_allows_less_than_the_mean(params_dir: Path) -> None:
