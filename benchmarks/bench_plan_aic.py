@@ -154,8 +154,10 @@ def main() -> None:
         res = max_rate(exp, c, (pre, dec), bound(exp, c, pre, dec))
         aic_util = float(row["request_rate"]) * aic_pre / 1e3 / c.prefill
         ours_util = res.max_rate / c.replicas * ours_pre / 1e3 / c.prefill
-        print(f"  operating point: prefill busy {aic_util:.0%} (AIC) vs {ours_util:.0%} (pdlab): pdlab runs prefill "
-              f"until queueing pushes the {exp.slo.statistic} TTFT to the target, AIC stops earlier")
+        who = "AIC stops earlier" if ours_util > aic_util else "pdlab's steady-state queueing stops it earlier"
+        print(f"  operating point: prefill busy {aic_util:.0%} (AIC) vs {ours_util:.0%} (pdlab) at each one's max rate: "
+              f"pdlab raises the rate until queueing (simulated window, and the steady-state Kingman wait) pushes the "
+              f"{exp.slo.statistic} TTFT to the target; {who}")
     print("Where they differ: pdlab simulates Poisson arrivals through SGLang's scheduler (queueing in TTFT, prefill "
           "stalls in colocated TPOT, KV admission), AIConfigurator evaluates a static batch; the perf models differ "
           "(pdlab: roofline with profile efficiencies; AIC: its measured kernel database); pdlab also searches prefill "
