@@ -58,7 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("params")
     _add_set(p)
 
-    p = sub.add_parser("run", help="deploy, drive every load level, save results, tear down")
+    p = sub.add_parser("run", help="deploy, drive every load level, save results, tear down",
+                       epilog="exit codes: 0 every level measured; 2 bad input; 3 a level failed (more than "
+                       "workload.max_failed_share of its requests failed; summary.json has its top errors); "
+                       "130 Ctrl-C, 143 SIGTERM (the run is saved incomplete)")
     p.add_argument("params")
     p.add_argument("--results", default="results", help="results root (default: ./results)")
     p.add_argument("--name", default=None, help="run directory name (default: <experiment>-<timestamp>)")
@@ -145,14 +148,20 @@ def cmd_deploy(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from pdlab.analysis.results import load_run
     from pdlab.analysis.summary_table import format_summary
     from pdlab.experiment.loader import load_experiment
-    from pdlab.measure.run import run_experiment
+    from pdlab.measure.run import EXIT_LEVEL_FAILED, run_experiment
 
     exp = load_experiment(a.params, a.overrides)
     run_dir = run_experiment(exp, results=a.results, run_name=a.name, progress=True)
     print(format_summary(run_dir))
     print(run_dir)
+    failed = load_run(run_dir).meta.get("failed_levels") or []
+    if failed:
+        print(f"pdlab run: {len(failed)} level(s) failed (more than {exp.workload.max_failed_share:.0%} of their "
+              f"requests failed; see the top errors above); exit code {EXIT_LEVEL_FAILED}", file=sys.stderr)
+        return EXIT_LEVEL_FAILED
     return 0
 
 

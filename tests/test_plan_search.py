@@ -156,6 +156,19 @@ def test_bad_input_names_the_field_and_the_fix(params_dir: Path, capsys, args: l
     assert any(w in err for w in ("use", "give", "drop", "add"))
 
 
+@pytest.mark.parametrize("budget", ["-1", "0", "1", "3"])
+def test_search_budgets_answer_or_refuse_cleanly(params_dir: Path, tmp_path: Path, capsys, budget: str) -> None:
+    csv = tmp_path / "out" / "plan.csv"
+    rc = main(["plan", str(params_dir / "demo-local.yaml"), "--budget", budget, "--csv", str(csv)])
+    err = capsys.readouterr().err
+    assert rc in (0, 2) and "Traceback" not in err
+    assert csv.exists() == (rc == 0)
+    if rc == 2:
+        assert "--budget" in err
+    else:
+        assert csv.read_text().startswith("kind,")
+
+
 def test_emit_writes_a_sweep_that_loads_with_predictions_per_run(demo_search, tmp_path: Path) -> None:
     exp, s = demo_search
     paths = emit(exp, s, tmp_path / "plan")
