@@ -69,13 +69,16 @@ def explain(summary: pd.DataFrame, requests: pd.DataFrame, server: pd.DataFrame,
         ttft_miss, tpot_miss = slo_misses(reqs, float(lv["slo_ttft_ms"]), float(lv["slo_tpot_ms"]))
         rows.append({"arm": arm, "level": lv["level_value"], "offered": lv["_off"], "attainment": lv["_att"],
                      "over TTFT SLO": ttft_miss, "over TPOT SLO": tpot_miss,
-                     **_verdict(str(arm), roles, float(lv["level_value"]), bool(len(miss)), ttft_miss, tpot_miss)})
+                     **_verdict(str(arm), roles, float(lv["level_value"]), bool(len(miss)), ttft_miss, tpot_miss,
+                                float(lv["_off"]))})
     return pd.DataFrame(rows)
 
 
 def _verdict(arm: str, roles: pd.DataFrame, level: float, saturated: bool, ttft_miss: float,
-             tpot_miss: float) -> dict:
-    where = f"at {level:g} req/s ({'its first level below the attainment threshold' if saturated else 'its highest level'})"
+             tpot_miss: float, offered: float = math.nan) -> dict:
+    off = f", offered {offered:.2f}" if not math.isnan(offered) and abs(offered - level) > 0.005 else ""
+    which = "its first level below the attainment threshold" if saturated else "its highest level"
+    where = f"at {level:g} req/s ({which}{off})"
     misses = (f"{ttft_miss * 100:.0f} % of requests over the TTFT SLO, {tpot_miss * 100:.0f} % over the TPOT SLO"
               if not math.isnan(ttft_miss) else "no request records")
     if roles.empty or roles["queued_per_instance"].isna().all():
