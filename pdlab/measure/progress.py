@@ -84,7 +84,7 @@ class RichReporter(LineReporter):
 
     def note(self, text: str) -> None:
         super().note(text)
-        self.p.console.print(text, highlight=False)
+        self.p.console.print(text, highlight=False, markup=False)
 
     def level_start(self, label: str, expected: int, eta_s: float | None) -> None:
         super().level_start(label, expected, eta_s)
