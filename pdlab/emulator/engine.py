@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 from pdlab.emulator import perfmodel
 from pdlab.experiment.profiles import GPUProfile, LinkProfile, ModelProfile
-from pdlab.experiment.profiles import gpu as gpu_profile
 from pdlab.experiment.profiles import link as link_profile
 
 MODES = ("null", "prefill", "decode")
@@ -152,10 +151,6 @@ class Engine:
     def token_usage(self) -> float:
         """Fraction of the KV pool holding tokens."""
         return self.used / self.pool if self.pool else 0.0
-
-    def has_work(self) -> bool:
-        """Whether a forward step could be scheduled now (or after a transfer/admission)."""
-        return bool(self.waiting or self.running or self.chunked)
 
     def _can_admit(self, req: Req, pending: int = 0) -> bool:
         need = self._need(req.prompt_len, req.max_new_tokens)
@@ -480,6 +475,3 @@ def _with_mode(config: EngineConfig, mode: str) -> EngineConfig:
     return replace(config, mode=mode)
 
 
-def default_config(model: ModelProfile, gpu_name: str = "L20", tp: int = 1, **kw) -> EngineConfig:
-    """An EngineConfig with SGLang-like defaults for a model on a named GPU profile."""
-    return EngineConfig(model=model, gpu=gpu_profile(gpu_name), tp=tp, **kw)
