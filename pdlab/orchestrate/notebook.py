@@ -86,7 +86,10 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], *, kernel: st
         pm.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=kernel, cwd=str(cwd),
                             progress_bar=False, log_output=False, request_save_on_cell_execute=True,
                             execution_timeout=int(timeout_s) if timeout_s else None,
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                            # CRITICAL: jupyter_client interrupts (SIGINT) every kernel it shuts down, which an
+                            # idle ipykernel logs as "ERROR | KeyboardInterrupt caught in kernel" after every
+                            # successful notebook; cell errors still reach the executed notebook and the caller.
+                            extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except pm.PapermillExecutionError as e:
         return f"{e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''}".strip()
     except Exception as e:  # noqa: BLE001 - kernel died, timeout, …: a failed point, not a failed sweep
