@@ -4,7 +4,10 @@ the router's gRPC probe in worker logs, progress totals that add up to what the 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
+import pytest
 import yaml
 
 from pdlab.cli import main
@@ -36,3 +39,19 @@ def test_progress_total_is_the_schedule_not_rate_times_duration():
     sent = sum(1 for _ in send_times("poisson", 4.0, seed=[0, 1], duration_s=10.0))
     assert plan.scheduled_requests() == sent
     assert plan.expected_requests() == 40  # the estimate, which a seeded Poisson schedule rarely hits
+
+
+@pytest.mark.slow
+def test_a_successful_notebook_leaves_no_kernel_errors_on_stderr(tmp_path):
+    """jupyter_client interrupts every kernel it shuts down; pdlab's executions must not print the
+    resulting 'KeyboardInterrupt caught in kernel' (nor any other kernel log line) after a success."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1 + 1")])
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    code = ("import sys; from pathlib import Path; from pdlab.orchestrate.notebook import execute, kernel_name; "
+            f"p = Path({str(tmp_path)!r}); "
+            "sys.exit(1 if execute(p / 'in.ipynb', p / 'out.ipynb', {}, kernel=kernel_name(), cwd=p) else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "KeyboardInterrupt" not in r.stderr and "IPKernelApp" not in r.stderr
