@@ -125,11 +125,12 @@ def level_sentences(summary: pd.DataFrame, a: str, b: str, threshold: float,
     for xv in sorted(set(g.loc[g["arm"] == a, x]) & set(g.loc[g["arm"] == b, x])):
         ra = g[(g["arm"] == a) & (g[x] == xv)].iloc[0]
         rb = g[(g["arm"] == b) & (g[x] == xv)].iloc[0]
-        where = f"{compare.fmt_x(summary, xv)} (offered {ra['off']:.2f} req/s)" if x == "rate" else \
-            compare.fmt_x(summary, xv)
-        atts = f"SLO attainment {_pct(ra['att'])} vs {_pct(rb['att'])}"
+        offered = f"offered {ra['off']:.2f} req/s" if x == "rate" and not math.isnan(ra["off"]) else ""
+        where = compare.fmt_x(summary, xv) + (f" ({offered})" if offered else "")
+        atts = (f"{offered}, " if offered else "") + f"SLO attainment {_pct(ra['att'])} vs {_pct(rb['att'])}"
         if ra["att"] < threshold and rb["att"] < threshold:
-            out.append(f"at {where}: both {a} and {b} are overloaded ({atts}, below {_pct(threshold)}); "
+            out.append(f"at {where}: both {a} and {b} are overloaded (SLO attainment {_pct(ra['att'])} vs "
+                       f"{_pct(rb['att'])}, below {_pct(threshold)}); "
                        "no margin is claimed")
         elif comp is not None and xv in comp.index:
             row = comp.loc[xv].to_dict() | {"x": xv}
