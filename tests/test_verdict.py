@@ -133,3 +133,24 @@ def test_bottleneck_names_prefill_when_prompts_queue_there_and_ttft_is_missed():
 def test_bottleneck_names_decode_when_tpot_is_missed():
     row = bottleneck.explain(*_bottleneck_fixture("decode", "tpot")).iloc[0]
     assert row["bottleneck"] == "decode" and math.isclose(row["over TPOT SLO"], 0.5)
+
+
+def test_provenance_table_names_version_commit_command_backend_profile_and_seed(tmp_path):
+    from pdlab.analysis import provenance
+
+    (tmp_path / "params").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "pyproject.toml").write_text("")
+    meta = {"command": "pdlab sweep params/demo-sweep.yaml", "file": str(tmp_path / "params" / "demo-sweep.yaml"),
+            "repeats": 2}
+    prov = {"r1": {"pdlab_version": "0.1.0", "git_commit": "abcdef0123456789", "git_dirty": True,
+                   "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:00+00:00",
+                   "host": {"hostname": "h", "cpus": 2, "python": "3.11"}}}
+    params = {"r1": {"backend": {"kind": "local", "engine": "emulator"}, "gpu": {"type": "L20"},
+                     "workload": {"seed": 7}}}
+    t = dict(provenance.table(meta, prov, params).itertuples(index=False))
+    assert t["git commit (runs)"] == "abcdef012345 (uncommitted changes)"
+    assert t["command"] == "pdlab sweep params/demo-sweep.yaml" and t["sweep file"] == "params/demo-sweep.yaml"
+    assert "emulated SGLang workers" in t["cluster or emulator"] and "L20" in t["performance profile"]
+    assert t["workload seed"].startswith("7 (repeats replay")
+    assert t["pdlab version (runs)"] == "0.1.0" and t["measured"].startswith("2026-01-01T00:00:00")

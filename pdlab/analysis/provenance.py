@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -53,6 +54,17 @@ def profile_text(params: Mapping[str, Any], prov: Mapping[str, Any]) -> str:
     return f"built-in {gpu.get('type', '?')} profile (pdlab/experiment/profiles/gpus.yaml)"
 
 
+def checkout_relative(path: str | None) -> str:
+    """A file's path relative to the pdlab checkout holding it ('params/demo-sweep.yaml'), else as given."""
+    if not path:
+        return "not recorded"
+    p = Path(path)
+    for parent in p.parents:
+        if (parent / "pyproject.toml").is_file() and (parent / "params").is_dir() and (parent / "notebooks").is_dir():
+            return str(p.relative_to(parent))
+    return str(p)
+
+
 def command_text(meta: Mapping[str, Any], provs: Iterable[Mapping[str, Any]]) -> str:
     """The command that produced the sweep (sweep.json's `command`), else the runs' commands."""
     if meta.get("command"):
@@ -74,7 +86,7 @@ def table(meta: Mapping[str, Any], provenance_by_run: Mapping[str, Mapping[str, 
         ("git commit (runs)", _join(commit_text(p) for p in provs)),
         ("measured", f"{started[0]} … {finished[-1]}" if started and finished else "not recorded"),
         ("command", command_text(meta, provs)),
-        ("sweep file", str(meta.get("file") or "not recorded")),
+        ("sweep file", checkout_relative(meta.get("file"))),
         ("backend", _join(f"{(q.get('backend') or {}).get('kind', 'local')}" for q in params)),
         ("cluster or emulator", _join(cluster_text(q, p) for p, q in pairs)),
         ("performance profile", _join(profile_text(q, p) for p, q in pairs)),
