@@ -310,6 +310,7 @@ def best_per_slo(summary: pd.DataFrame, slos: Iterable[tuple[float, float]] | No
     """For each SLO (TTFT ms, TPOT ms): the arm and load level with the highest goodput per GPU (mean over
     repeats), the runner-up arm, and the margin ('tie' within the A/A band, or `noise` without repeats).
     Other SLOs than the runs' own need `requests`."""
+    measured = has_repeats(summary)
     if noise is None:
         band = aa_band(summary, "goodput_per_gpu")["band"] if has_repeats(summary) else pd.Series(dtype=float)
         noise = float(band.max()) if band.notna().any() else DEFAULT_NOISE
@@ -340,7 +341,8 @@ def best_per_slo(summary: pd.DataFrame, slos: Iterable[tuple[float, float]] | No
                 row["runner-up"] = nxt["arm"]
                 margin = rel_diff(top["goodput_per_gpu"], nxt["goodput_per_gpu"], True)
                 sig = _significant(top["goodput_per_gpu"], nxt["goodput_per_gpu"], noise)
-                row["margin"] = pct(margin) + ("" if sig else f" (tie: within ±{noise * 100:.0f} %)")
+                row["margin"] = pct(margin) + ("" if sig else f" (tie: within ±{noise * 100:.0f} %)") + (
+                    "" if measured else " (single run: noise not measured)")
             else:
                 row["runner-up"], row["margin"] = "", ""
         rows.append(row)
