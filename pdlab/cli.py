@@ -81,7 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", default=None,
                    help="k8s: kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster account)")
     p.add_argument("--context", default=None, help="k8s: kubeconfig context (default: its current context)")
-    p.add_argument("--namespace", default=None, help="k8s: limit to one namespace (default: all)")
+    p.add_argument("--namespace", default=None,
+                   help="k8s: the namespace to clean (default: the kubeconfig context's namespace)")
+    p.add_argument("--all-namespaces", action="store_true",
+                   help="k8s: every namespace (needs cluster-wide list rights, beyond pdlab's rendered Role)")
     for name, sp in sub.choices.items():
         if name in EXAMPLES:
             sp.epilog = (sp.epilog + "\n\n" if sp.epilog else "") + "example:\n  " + "\n  ".join(EXAMPLES[name])
@@ -223,7 +226,7 @@ def cmd_cleanup(a: argparse.Namespace) -> int:
 
         try:
             removed = cleanup_k8s(kubeconfig=a.kubeconfig, context=a.context, namespace=a.namespace,
-                                  experiment=a.experiment)
+                                  experiment=a.experiment, all_namespaces=a.all_namespaces)
         except PdlabError as e:  # its hints name params fields; here they are flags
             e.args = (str(e).replace("backend.k8s.kubeconfig", "--kubeconfig")
                       .replace("backend.k8s.context", "--context"),)
