@@ -12,6 +12,7 @@ container, ...) are dropped from `labels`; `up` becomes `pdlab:scrape_up`, as th
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -122,25 +123,27 @@ class PrometheusSource:
                     f"; or remove {self.field} to scrape the pods directly")
             time.sleep(poll_s)
 
-    def settle(self, after_unix: float, timeout_s: float | None = None, poll_s: float = 0.25) -> bool:
+    def settle(self, after_unix: float, timeout_s: float | None = None, poll_s: float = 0.25) -> float:
         """Wait until Prometheus has scraped every pod after `after_unix` (so the run's last state is in);
-        False when that did not happen within `timeout_s` (default three steps)."""
+        returns the latest scrape time seen (`after_unix` when that did not happen within `timeout_s`,
+        default three steps)."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else 3 * self.step_s)
         while True:
             res = self._api("/api/v1/query", {"query": f"timestamp({self.selector('up')})"}).get("result", [])
             last = {r["metric"].get("pod"): float(r["value"][1]) for r in res}
             if set(self.targets) <= set(last) and min(last[p] for p in self.targets) >= after_unix:
-                return True
+                return max(last[p] for p in self.targets)
             if time.monotonic() >= deadline:
-                return False
+                return after_unix
             time.sleep(poll_s)
 
     def frame(self, start_unix: float, end_unix: float, *, t0_unix: float | None = None) -> pd.DataFrame:
         """Every series of the pods over [start, end] as the scraper's long-format DataFrame."""
         step = max(self.step_s, (end_unix - start_unix) / MAX_POINTS)
         t0 = start_unix if t0_unix is None else t0_unix
+        end = start_unix + math.ceil((end_unix - start_unix) / step) * step  # the last step sees the last scrape
         data = self._api("/api/v1/query_range", {"query": self.selector(), "start": f"{start_unix:.3f}",
-                                                 "end": f"{end_unix:.3f}", "step": f"{step:.3f}"})
+                                                 "end": f"{end:.3f}", "step": f"{step:.3f}"})
         return series_frame(data.get("result", []), self.targets, t0)
 
 

@@ -266,8 +266,8 @@ def _server_metrics(scraper: Scraper | None, prom: PrometheusSource | None, t0_u
     if prom is not None:
         end = time.time()
         if final:
-            prom.settle(end)
-        return prom.frame(t0_unix, max(end, time.time()), t0_unix=t0_unix)
+            end = prom.settle(end)
+        return prom.frame(t0_unix, end, t0_unix=t0_unix)
     assert scraper is not None
     scraper.stop(final=final)
     return scraper.frame()
