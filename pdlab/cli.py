@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rbac", action="store_true", help="print the least-privilege RBAC pdlab itself needs")
     p.add_argument("--namespace", default=None, help="namespace for --rbac (default: the params' namespace)")
     p.add_argument("--monitoring", action="store_true",
-                   help="also print a PodMonitor (Prometheus operator / ACK Managed Prometheus) scraping the pods")
+                   help="print only a PodMonitor (Prometheus operator / ACK Managed Prometheus) that scrapes the "
+                        "experiment's pods, for backend.k8s.prometheus")
     _add_set(p)
 
     p = sub.add_parser("validate", help="check a params or sweep file and print the resolved spec / points")
@@ -81,13 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--with-code", action="store_true", help="show code cells in the report")
 
     p = sub.add_parser("export", help="write every run of a run or sweep directory in another tool's format")
-    p.add_argument("path", metavar="RUN_OR_SWEEP")
+    p.add_argument("path", metavar="RUN_OR_SWEEP", help="a run directory, or a sweep directory (every run in it)")
     p.add_argument("--format", choices=["llm-d"], required=True,
                    help="llm-d: llm-d-benchmark's Benchmark Report v0.2, one YAML file per run and load level")
     p.add_argument("--out", default=None, help="output directory (default: RUN_OR_SWEEP/llm-d)")
 
     p = sub.add_parser("import", help="bring llm-d Benchmark Reports (v0.2.x) in as runs, arms of the compare report")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="Benchmark Report files (YAML or JSON)")
     p.add_argument("--into", required=True, help="the sweep directory to add them to, e.g. results/my-sweep")
     p.add_argument("--arm", default=None, help="arm label (default: each report's run.description)")
 
@@ -111,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
 
 EXAMPLES = {  # shown under each command's --help
     "manifests": ["pdlab manifests params/seed-2p1d.yaml | kubectl apply -f -",
-                  "pdlab manifests --rbac --namespace llm | kubectl apply -f -"],
+                  "pdlab manifests --rbac --namespace llm | kubectl apply -f -",
+                  "pdlab manifests params/seed-2p1d.yaml --monitoring | kubectl apply -f -"],
     "validate": ["pdlab validate params/seed-2p1d.yaml --set topology.ratio=3P1D",
                  "pdlab validate params/demo-sweep.yaml"],
     "plan": ["pdlab plan params/seed-2p1d.yaml --budget 8", "pdlab plan params/seed-2p1d.yaml --budget 8 --json",
@@ -121,6 +123,9 @@ EXAMPLES = {  # shown under each command's --help
     "run": ["pdlab run params/demo-local.yaml --set workload.rates=[1,2] --name first-try"],
     "sweep": ["pdlab sweep params/demo-sweep.yaml --dry-run", "pdlab sweep params/demo-sweep.yaml"],
     "report": ["pdlab report results/demo-sweep"],
+    "export": ["pdlab export results/demo-sweep --format llm-d"],
+    "import": ["pdlab import llmd-reports/*.yaml --into results/demo-sweep --arm 'llm-d 2P2D' && "
+               "pdlab report results/demo-sweep"],
     "cleanup": ["pdlab cleanup", "pdlab cleanup --backend k8s --context my-ack-context --namespace llm"],
 }
 
@@ -135,10 +140,10 @@ def cmd_manifests(a: argparse.Namespace) -> int:
         api = a.api or exp.backend.k8s.api_version
         objs += manifests.render(exp, api=api, run_id=a.run_id, include_storage=not a.no_storage,
                                  with_secrets=a.with_secrets)
-        if a.monitoring:
+        if a.monitoring:  # only the PodMonitor: `pdlab run` applies the rest itself
             from pdlab.deploy.monitoring import pod_monitor
 
-            objs.append(pod_monitor(exp, run_id=a.run_id))
+            objs = [pod_monitor(exp, run_id=a.run_id)]
         namespace = a.namespace or exp.namespace
     else:
         if a.monitoring:

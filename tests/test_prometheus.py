@@ -94,9 +94,10 @@ def test_pod_monitor_selects_the_groups_pods_and_scrapes_workers_and_router(caps
 
     params = Path(__file__).resolve().parents[1] / "params" / "demo-local.yaml"
     assert main(["manifests", str(params), "--monitoring"]) == 0
-    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
-    (pm,) = [d for d in docs if d["kind"] == "PodMonitor"]
-    rbg = next(d for d in docs if d["kind"] == "RoleBasedGroup")
+    (pm,) = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]  # only the PodMonitor
+    assert pm["kind"] == "PodMonitor"
+    assert main(["manifests", str(params)]) == 0
+    rbg = next(d for d in yaml.safe_load_all(capsys.readouterr().out) if d and d["kind"] == "RoleBasedGroup")
     assert pm["apiVersion"] == "monitoring.coreos.com/v1"
     assert pm["metadata"]["namespace"] == rbg["metadata"]["namespace"]
     assert pm["spec"]["selector"]["matchLabels"] == {"pdlab.io/experiment": rbg["metadata"]["name"]}
