@@ -37,6 +37,11 @@ def test_series_frame_drops_target_labels_and_restores_exported_ones():
 def test_selector_matches_the_pods_by_label():
     src = PrometheusSource("http://p:9090/", {"g-decode-0": "decode", "g.x-1": "prefill"}, namespace="ns")
     assert src.selector("up") == 'up{pod=~"g-decode-0|g\\\\.x-1",namespace="ns"}'
+    arms = PrometheusSource("http://p:9090", {"g-decode-0": "decode"}, namespace="ns", pod_label="pod_name")
+    assert arms.selector() == '{pod_name=~"g-decode-0",namespace="ns"}'
+    df = series_frame([{"metric": {"__name__": "up", "pod_name": "g-decode-0"}, "values": [[1.0, "1"]]}],
+                      arms.targets, 0.0, pod_label="pod_name")
+    assert df["name"].tolist() == ["g-decode-0"]
 
 
 def test_a_prometheus_url_that_does_not_answer_is_a_clear_error():

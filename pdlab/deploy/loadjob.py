@@ -43,8 +43,10 @@ def in_cluster_router_url(exp: Experiment) -> str:
 
 def image(exp: Experiment) -> str:
     """The pdlab image the load pods run (`load_image:load_image_tag`)."""
+    from pdlab import __version__
+
     k = exp.backend.k8s
-    return f"{k.load_image}:{k.load_image_tag}"
+    return f"{k.load_image}:{k.load_image_tag or __version__}"
 
 
 def render_job(exp: Experiment, spec: dict[str, Any], run_id: str | None = None) -> dict:

@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pdlab import __version__
 from pdlab.core.errors import SpecError, did_you_mean
 from pdlab.experiment import profiles
 from pdlab.experiment.flags import ROUTER_FLAGS, WORKER_FLAGS, reserved_flag_error
@@ -362,7 +361,8 @@ class K8sSpec(_Strict):
                                            "through `access`) or in the cluster next to the router ('job')")
     load_pods: int = Field(1, ge=1, le=64, description="load: job — pods sharing the load (independent Poisson shares)")
     load_image: str = Field("pdlab", description="load: job — the pdlab image (see the Dockerfile), without tag")
-    load_image_tag: str = Field(__version__, description="load: job — the pdlab image's tag")
+    load_image_tag: str | None = Field(None, description="load: job — the pdlab image's tag (default: this "
+                                       "pdlab's version)")
     load_start_delay_s: float = Field(30.0, ge=0, le=MAX_SECONDS, description="load: job — the pods start "
                                       "together this long after the Job is created (image pull, start-up)")
 
@@ -395,6 +395,8 @@ class MetricsSpec(_Strict):
     wait_s: float = Field(120.0, gt=0, description="how long Prometheus may take to show every pod's series")
     token_env: str | None = Field(None, description="environment variable holding a bearer token for the "
                                   "Prometheus API (never written to results)")
+    pod_label: str = Field("pod", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", description="the series label that names "
+                           "the pod ('pod' with the Prometheus operator; some managed services use 'pod_name')")
 
 
 class Experiment(_Strict):

@@ -44,13 +44,14 @@ class PrometheusSource:
 
     def __init__(self, url: str, targets: Mapping[str, str], *, namespace: str | None = None,
                  step_s: float = 5.0, timeout_s: float = 30.0, token_env: str | None = None,
-                 field: str = "metrics.prometheus"):
+                 field: str = "metrics.prometheus", pod_label: str = "pod"):
         self.url = url.rstrip("/")
         self.targets = dict(targets)
         self.namespace = namespace
         self.step_s = step_s
         self.timeout_s = timeout_s
         self.field = field
+        self.pod_label = pod_label
         token = os.environ.get(token_env) if token_env else None
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -97,13 +98,13 @@ class PrometheusSource:
     def selector(self, metric: str | None = None) -> str:
         """The series selector of the deployment's pods (optionally of one metric name)."""
         pods = "|".join(_re_escape(p) for p in sorted(self.targets))
-        matchers = [f'pod=~"{pods}"'] + ([f'namespace="{self.namespace}"'] if self.namespace else [])
+        matchers = [f'{self.pod_label}=~"{pods}"'] + ([f'namespace="{self.namespace}"'] if self.namespace else [])
         return f"{metric or ''}{{{','.join(matchers)}}}"
 
     def present(self) -> set[str]:
         """Pods that Prometheus currently has an `up` series for."""
         res = self._api("/api/v1/query", {"query": self.selector("up")})
-        return {s["metric"].get("pod", "") for s in res.get("result", [])} & set(self.targets)
+        return {s["metric"].get(self.pod_label, "") for s in res.get("result", [])} & set(self.targets)
 
     def wait_for_targets(self, timeout_s: float, poll_s: float = 1.0) -> None:
         """Wait until Prometheus scrapes every pod; raise naming the missing ones and the fix."""
@@ -130,7 +131,7 @@ class PrometheusSource:
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else 3 * self.step_s)
         while True:
             res = self._api("/api/v1/query", {"query": f"timestamp({self.selector('up')})"}).get("result", [])
-            last = {r["metric"].get("pod"): float(r["value"][1]) for r in res}
+            last = {r["metric"].get(self.pod_label): float(r["value"][1]) for r in res}
             if set(self.targets) <= set(last) and min(last[p] for p in self.targets) >= after_unix:
                 return max(last[p] for p in self.targets)
             if time.monotonic() >= deadline:
@@ -144,7 +145,7 @@ class PrometheusSource:
         end = start_unix + math.ceil((end_unix - start_unix) / step) * step  # the last step sees the last scrape
         data = self._api("/api/v1/query_range", {"query": self.selector(), "start": f"{start_unix:.3f}",
                                                  "end": f"{end:.3f}", "step": f"{step:.3f}"})
-        return series_frame(data.get("result", []), self.targets, t0)
+        return series_frame(data.get("result", []), self.targets, t0, pod_label=self.pod_label)
 
 
 def source_for(exp: Experiment) -> PrometheusSource | None:
@@ -156,10 +157,11 @@ def source_for(exp: Experiment) -> PrometheusSource | None:
         return None
     field = "backend.k8s.prometheus" if k8s and exp.backend.k8s.prometheus else "metrics.prometheus"
     return PrometheusSource(url, {}, namespace=exp.namespace if k8s else None, step_s=exp.metrics.step_s,
-                            token_env=exp.metrics.token_env, field=field)
+                            token_env=exp.metrics.token_env, field=field, pod_label=exp.metrics.pod_label)
 
 
-def series_frame(result: Iterable[dict], targets: Mapping[str, str], t0_unix: float) -> pd.DataFrame:
+def series_frame(result: Iterable[dict], targets: Mapping[str, str], t0_unix: float, *,
+                 pod_label: str = "pod") -> pd.DataFrame:
     """A query_range matrix result → rows (time, t, name, role, metric, labels JSON, value).
 
     The labels of a pod's `up` series are its target labels (what the scrape config added): they are
@@ -169,12 +171,12 @@ def series_frame(result: Iterable[dict], targets: Mapping[str, str], t0_unix: fl
     for s in result:
         m = s.get("metric", {})
         if m.get("__name__") == "up":
-            added.setdefault(m.get("pod", ""), set()).update(k for k in m if k != "__name__")
+            added.setdefault(m.get(pod_label, ""), set()).update(k for k in m if k != "__name__")
     rows = []
     for s in result:
         m = dict(s.get("metric", {}))
         name = m.pop("__name__", "")
-        pod = m.get("pod", "")
+        pod = m.get(pod_label, "")
         if pod not in targets or name in SELF_SERIES:
             continue
         drop = added.get(pod, TARGET_LABELS)

@@ -20,6 +20,7 @@ import pandas as pd
 from pdlab.core.errors import PdlabError
 from pdlab.core.schema import LOGS, timestamped
 from pdlab.core.stats import summarize
+from pdlab.deploy.loadjob import image as load_image
 from pdlab.experiment.arm import arm_of
 from pdlab.experiment.spec import resolved
 from pdlab.experiment.topology import build
@@ -142,8 +143,7 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
                 n = writer.write_requests_table(load.table)
                 job_written = True
                 writer.write_logs(load.logs)
-                writer.write_provenance(load_job={"pods": load.pods, "image": f"{exp.backend.k8s.load_image}:"
-                                                                              f"{exp.backend.k8s.load_image_tag}"})
+                writer.write_provenance(load_job={"pods": load.pods, "image": load_image(exp)})
                 if load.problems:
                     raise LoadJobFailed("; ".join(load.problems) + f" ({n} records kept)")
                 done_levels.extend(p.index for p in plans)
