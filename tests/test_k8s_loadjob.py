@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import yaml
 
 from pdlab.analysis.results import load_run
 from pdlab.deploy.loadjob import render_job
@@ -61,6 +62,8 @@ def test_three_load_pods_give_the_usual_results_layout(tmp_path):
     assert run.summary["completed"].iloc[0] == len(req)
     assert {"prefill", "decode"} <= set(run.server_metrics["role"])
     assert any(p.name.startswith("demo-load-") for p in (run_dir / "logs").iterdir())  # the pods' logs
+    kinds = [d["kind"] for d in yaml.safe_load_all((run_dir / "manifests.yaml").read_text()) if d]
+    assert "Job" in kinds and "RoleBasedGroup" in kinds
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from pdlab.core.errors import PdlabError
 from pdlab.core.schema import REQUEST_SCHEMA
-from pdlab.deploy.loadjob import LoadJob, LoadJobTimeout, PodResult, in_cluster_router_url
+from pdlab.deploy.loadjob import LoadJob, LoadJobTimeout, PodResult, in_cluster_router_url, render_job
 from pdlab.measure.load.runner import LevelPlan
 from pdlab.measure.load.shares import POD_COLUMN, merge
 from pdlab.measure.loadpod import MARK_REC, decode, load_spec
@@ -38,6 +38,7 @@ class JobLoad:
     logs: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
+    job: dict[str, Any] = field(default_factory=dict)  # the Job as applied (for the run's manifests.yaml)
 
 
 def budget_s(exp: Experiment, plans: list[LevelPlan]) -> float:
@@ -94,6 +95,7 @@ def run_job_load(dep: Any, exp: Experiment, plans: list[LevelPlan], t0_unix: flo
     finally:
         job.close()
     out = collect(results, t0_unix)
+    out.job = render_job(exp, spec, getattr(dep, "run_id", None))
     if timeout:
         out.problems.insert(0, timeout)
     missing = set(range(k.load_pods)) - {p["pod"] for p in out.pods}

@@ -142,6 +142,7 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
                 load = run_job_load(dep, exp, plans, t0_unix, prog.note)
                 n = writer.write_requests_table(load.table)
                 job_written = True
+                writer.write_manifests([*dep.manifests(), load.job])
                 writer.write_logs(load.logs)
                 writer.write_provenance(load_job={"pods": load.pods, "image": load_image(exp)})
                 if load.problems:
