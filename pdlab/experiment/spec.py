@@ -70,6 +70,8 @@ class GPUSpec(_Strict):
     per_node: int = Field(8, ge=1, le=64)
     nodes: int = Field(1, ge=1, description="nodes available to the experiment (the GPU budget)")
     erdma: bool = True
+    profile: str | None = Field(None, description="GPU profile file written by `pdlab calibrate`: the emulator "
+                                "and planner model this GPU with it instead of the built-in profile of `type`")
 
     @field_validator("type")
     @classmethod
@@ -78,6 +80,12 @@ class GPUSpec(_Strict):
             return profiles.gpu(v).name
         except SpecError as e:
             raise ValueError(str(e)) from None
+
+    def performance_profile(self, model_name: str | None = None) -> profiles.GPUProfile:
+        """The GPU profile the emulator and planner use: the calibrated file if `profile` is set, else built-in."""
+        if self.profile:
+            return profiles.load_gpu_profile(self.profile, model_name)
+        return profiles.gpu(self.type)
 
     @property
     def budget(self) -> int:
@@ -357,6 +365,15 @@ class Experiment(_Strict):
     @classmethod
     def _norm_args(cls, v: EngineArgs) -> EngineArgs:
         return normalize_args(v)
+
+    @model_validator(mode="after")
+    def _gpu_profile(self) -> Experiment:
+        if self.gpu.profile:
+            try:
+                self.gpu.performance_profile(self.model.name)
+            except SpecError as e:
+                raise ValueError(f"gpu.profile {self.gpu.profile}: {e.message}") from None
+        return self
 
 
 def normalize_args(args: EngineArgs) -> EngineArgs:

@@ -1,0 +1,164 @@
+"""Fit a GPU profile's factors to a finished measured run (`pdlab calibrate --from-run RUN_DIR`).
+
+The run's requests (arrival, prompt and output tokens) are replayed in virtual time through the same
+emulated SGLang scheduler the emulator and planner use (`pdlab.emulator.engine.simulate`), with the
+profile's prefill efficiencies × `prefill`, decode efficiencies (weight and KV reads) × `decode` and a
+per-step overhead; the three are fitted by a Nelder–Mead search to minimise the squared log-error of every
+request's TTFT and TPOT. The scraped running batch (`sglang:num_running_reqs`) is compared with the
+replay's as a check on the fit. Once fitted, the emulator and planner reproduce that cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from pdlab.emulator.engine import EngineConfig, RequestTiming, SimRequest, simulate
+from pdlab.experiment.profiles import GPUProfile, TPEfficiency
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One measured request: arrival (s), sizes, and its TTFT and TPOT (s; TPOT None for one output token)."""
+
+    arrival: float
+    prompt_tokens: int
+    output_tokens: int
+    ttft: float
+    tpot: float | None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the run deployed, for the replay: worker engine config(s) and replica counts."""
+
+    config: EngineConfig
+    workers: int = 1
+    prefill_workers: int = 0
+    decode_workers: int = 0
+    decode_config: EngineConfig | None = None
+
+
+@dataclass
+class FitResult:
+    """Fitted factors, the fitted profile and the fit's residuals (relative errors of the replay)."""
+
+    prefill: float
+    decode: float
+    step_overhead_ms: float
+    profile: GPUProfile
+    residuals: dict[str, float] = field(default_factory=dict)
+    evaluations: int = 0
+
+
+def scale_profile(gpu: GPUProfile, *, prefill: float = 1.0, decode: float = 1.0,
+                  step_overhead_ms: float | None = None) -> GPUProfile:
+    """`gpu` with prefill efficiencies × prefill, decode weight and KV efficiencies × decode, and an overhead."""
+    eff = {tp: TPEfficiency(prefill={k: v * prefill for k, v in e.prefill.items()},
+                            decode_weights={k: v * decode for k, v in e.decode_weights.items()},
+                            decode_kv={k: v * decode for k, v in e.decode_kv.items()})
+           for tp, e in gpu.efficiency.items()}
+    upd: dict = {"efficiency": eff}
+    if step_overhead_ms is not None:
+        upd["step_overhead_ms"] = step_overhead_ms
+    return gpu.model_copy(update=upd)
+
+
+def replay(observed: Sequence[Observed], deployment: Deployment, gpu: GPUProfile) -> list[RequestTiming]:
+    """The observed requests run through the deployment's emulated workers with profile `gpu` (virtual time)."""
+    cfg = replace(deployment.config, gpu=gpu, step_overhead_s=None)
+    dcfg = deployment.decode_config
+    if dcfg is not None:
+        dcfg = replace(dcfg, gpu=gpu, step_overhead_s=None)
+    reqs = [SimRequest(o.arrival, o.prompt_tokens, o.output_tokens) for o in observed]
+    return simulate(reqs, cfg, workers=deployment.workers, prefill_workers=deployment.prefill_workers,
+                    decode_workers=deployment.decode_workers, decode_config=dcfg)
+
+
+def _log_errors(observed: Sequence[Observed], timings: list[RequestTiming]) -> tuple[list[float], list[float]]:
+    ttft, tpot = [], []
+    for o, t in zip(observed, timings, strict=True):
+        if o.ttft > 0 and t.ttft > 0:
+            ttft.append(math.log(t.ttft / o.ttft))
+        if o.tpot and o.tpot > 0 and t.tpot > 0:
+            tpot.append(math.log(t.tpot / o.tpot))
+    return ttft, tpot
+
+
+def nelder_mead(f: Callable[[list[float]], float], x0: list[float], step: list[float], *, iters: int = 120,
+                tol: float = 1e-7) -> list[float]:
+    """Minimise f from x0 with the Nelder–Mead simplex (no derivatives; the replay is piecewise smooth)."""
+    n = len(x0)
+    pts = [list(x0)] + [[x0[j] + (step[i] if j == i else 0.0) for j in range(n)] for i in range(n)]
+    vals = [f(p) for p in pts]
+    for _ in range(iters):
+        order = sorted(range(n + 1), key=vals.__getitem__)
+        pts, vals = [pts[i] for i in order], [vals[i] for i in order]
+        if vals[-1] - vals[0] < tol:
+            break
+        centroid = [sum(p[j] for p in pts[:-1]) / n for j in range(n)]
+
+        def toward(t: float, centroid: list[float] = centroid, worst: list[float] = pts[-1]) -> list[float]:
+            return [c + t * (w - c) for c, w in zip(centroid, worst, strict=True)]
+
+        refl = toward(-1.0)
+        fr = f(refl)
+        if fr < vals[0]:
+            exp = toward(-2.0)
+            fe = f(exp)
+            pts[-1], vals[-1] = (exp, fe) if fe < fr else (refl, fr)
+        elif fr < vals[-2]:
+            pts[-1], vals[-1] = refl, fr
+        else:
+            con = toward(0.5)
+            fc = f(con)
+            if fc < vals[-1]:
+                pts[-1], vals[-1] = con, fc
+            else:  # shrink toward the best point
+                pts = [pts[0]] + [[b + 0.5 * (x - b) for b, x in zip(pts[0], p, strict=True)] for p in pts[1:]]
+                vals = [vals[0]] + [f(p) for p in pts[1:]]
+    return pts[min(range(n + 1), key=vals.__getitem__)]
+
+
+def fit(observed: Sequence[Observed], deployment: Deployment, *, fit_overhead: bool = True,
+        max_overhead_ms: float = 50.0) -> FitResult:
+    """Fit prefill and decode factors (and the per-step overhead) so the replay matches the observed requests."""
+    if not observed:
+        raise ValueError("no completed requests to fit")
+    base = deployment.config.gpu
+    count = {"n": 0}
+
+    def profile_at(x: list[float]) -> GPUProfile:
+        overhead = min(max(x[2] * 10.0, 0.0), max_overhead_ms) if fit_overhead else None
+        return scale_profile(base, prefill=math.exp(x[0]), decode=math.exp(x[1]), step_overhead_ms=overhead)
+
+    def loss(x: list[float]) -> float:
+        count["n"] += 1
+        ttft, tpot = _log_errors(observed, replay(observed, deployment, profile_at(x)))
+        errs = ttft + tpot
+        return sum(e * e for e in errs) / max(len(errs), 1)
+
+    x0 = [0.0, 0.0] + ([base.step_overhead_ms / 10.0] if fit_overhead else [])
+    step = [0.2, 0.2] + ([0.2] if fit_overhead else [])
+    best = nelder_mead(loss, x0, step)
+    best = nelder_mead(loss, best, [s / 4 for s in step])  # restart: escapes a collapsed simplex
+    prof = profile_at(best)
+    ttft, tpot = _log_errors(observed, replay(observed, deployment, prof))
+    res = _summary("ttft", ttft) | _summary("tpot", tpot)
+    return FitResult(prefill=math.exp(best[0]), decode=math.exp(best[1]), step_overhead_ms=prof.step_overhead_ms,
+                     profile=prof, residuals=res, evaluations=count["n"])
+
+
+def _summary(name: str, log_errors: list[float]) -> dict[str, float]:
+    if not log_errors:
+        return {}
+    rel = sorted(math.exp(e) - 1 for e in log_errors)
+    return {f"{name}_median": rel[len(rel) // 2], f"{name}_p90_abs": sorted(abs(x) for x in rel)[int(0.9 * (len(rel) - 1))],
+            f"{name}_mean": sum(rel) / len(rel), f"{name}_requests": float(len(rel))}
+
+
+def running_batch(timings: list[RequestTiming], times: Sequence[float]) -> list[float]:
+    """The replay's number of decoding requests at each time (to compare with scraped num_running_reqs)."""
+    spans = [(t.arrival + t.ttft, t.arrival + t.e2e) for t in timings]
+    return [float(sum(1 for a, b in spans if a <= x < b)) for x in times]
