@@ -1,4 +1,4 @@
-"""The `pdlab` command: manifests, validate, plan, deploy, run, sweep, report, cleanup.
+"""The `pdlab` command: manifests, validate, plan, deploy, run, sweep, report, cleanup, calibrate.
 
 Errors a user can fix print one message (file, field, fix) and exit 2, without a traceback.
 """
@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("--context", default=None)
     p.add_argument("--namespace", default=None, help="k8s: limit to one namespace (default: all)")
+
+    from pdlab.calibrate.command import __doc__ as calibrate_doc
+    from pdlab.calibrate.command import add_arguments as calibrate_arguments
+
+    p = sub.add_parser("calibrate", help="measure this GPU with the model's layer shapes (or fit a finished run) "
+                       "and write a GPU profile for gpu.profile", description=calibrate_doc,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    calibrate_arguments(p)
     return ap
 
 
@@ -131,6 +139,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     print(f"planning {exp.model.name} on {exp.gpu.type}: every arm at equal GPU count, rates "
           f"{', '.join(f'{v:g}' for k, v in exp.workload.levels if k == 'rate')} req/s, "
           f"{exp.workload.duration_s or 60:g} s each, in virtual time", file=sys.stderr)
+    print(f"GPU profile: {exp.gpu.performance_profile(exp.model.name).describe()}", file=sys.stderr)
     table = plan(exp, budget=a.budget, tp=a.tp)
     print(format_plan(table))
     if a.csv:
@@ -188,7 +197,13 @@ def cmd_cleanup(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"manifests": cmd_manifests, "validate": cmd_validate, "plan": cmd_plan, "deploy": cmd_deploy, "run": cmd_run,
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from pdlab.calibrate.command import run
+
+    return run(a)
+
+
+COMMANDS = {"calibrate": cmd_calibrate, "manifests": cmd_manifests, "validate": cmd_validate, "plan": cmd_plan, "deploy": cmd_deploy, "run": cmd_run,
             "sweep": cmd_sweep, "report": cmd_report, "cleanup": cmd_cleanup}
 
 

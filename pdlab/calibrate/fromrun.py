@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pdlab.emulator.engine import EngineConfig, RequestTiming, SimRequest, simulate
 from pdlab.experiment.profiles import GPUProfile, TPEfficiency
@@ -162,3 +163,48 @@ def running_batch(timings: list[RequestTiming], times: Sequence[float]) -> list[
     """The replay's number of decoding requests at each time (to compare with scraped num_running_reqs)."""
     spans = [(t.arrival + t.ttft, t.arrival + t.e2e) for t in timings]
     return [float(sum(1 for a, b in spans if a <= x < b)) for x in times]
+
+
+# --------------------------------------------------------------------------- a run directory
+
+
+RUNNING = "sglang:num_running_reqs"
+
+
+def observed_requests(requests: Any, time_scale: float = 1.0) -> list[Observed]:
+    """The run's completed, non-warmup requests as replay inputs; wall times ÷ the emulator's time scale."""
+    ok = requests[requests["ok"].astype(bool) & ~requests["warmup"].astype(bool)]
+    out = []
+    for r in ok.itertuples(index=False):
+        ttft = (r.t_first - r.t_send) / time_scale
+        n = int(r.output_tokens)
+        tpot = (r.t_end - r.t_first) / (n - 1) / time_scale if n > 1 else None
+        out.append(Observed(float(r.t_send) / time_scale, int(r.prompt_tokens or r.input_len), n, ttft, tpot))
+    return sorted(out, key=lambda o: o.arrival)
+
+
+def deployment_of(exp: Any, gpu: GPUProfile | None = None) -> Deployment:
+    """The emulated workers a run's experiment deploys (the configs its local backend would start)."""
+    from pdlab.emulator.cli import parse as parse_emulator_args
+    from pdlab.experiment.commands import emulator_args, worker_args
+    from pdlab.experiment.topology import build
+
+    topo = build(exp)
+
+    def cfg(role: str) -> EngineConfig:
+        c = parse_emulator_args(worker_args(exp, topo.role(role), host="127.0.0.1", port=1) + emulator_args(exp)).engine
+        return replace(c, gpu=gpu) if gpu is not None else c
+
+    if exp.topology.kind == "pd":
+        return Deployment(cfg("prefill"), workers=0, prefill_workers=topo.role("prefill").replicas,
+                          decode_workers=topo.role("decode").replicas, decode_config=cfg("decode"))
+    return Deployment(cfg("worker"), workers=topo.role("worker").replicas)
+
+
+def scraped_running(server_metrics: Any) -> Any:
+    """Total decoding batch over the decode (or colocated) workers at each scrape: a Series indexed by t (s)."""
+    sm = server_metrics[server_metrics["metric"] == RUNNING]
+    roles = {"decode", "worker"} & set(sm["role"])
+    if roles:
+        sm = sm[sm["role"].isin(roles)]
+    return sm.groupby("t")["value"].sum()
