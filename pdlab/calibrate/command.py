@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw", default=None, help="also keep the raw measurements here (default: OUT with .raw.json)")
     p.add_argument("--name", default=None, help="profile name (default: the GPU's built-in name)")
     p.add_argument("--base", default=None, help="built-in GPU whose datasheet peaks the efficiencies refer to "
-                   "(default: matched from the GPU's name)")
+                   "(default: matched from the GPU's name); --from-run: the profile to fit from (default: the "
+                   "run's own)")
     p.add_argument("--backend", choices=["local", "k8s"], default="local",
                    help="local: this machine's GPU; k8s: a Job on a GPU node of the params' cluster")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (a smoke test, not a profile "
@@ -97,7 +98,8 @@ def _print_profile(profile: GPUProfile) -> None:
     ic = profile.interconnect
     print(f"  all-reduce: {ic.bw_gbps:g} GB/s per direction, {ic.latency_us:g} µs per call ({ic.kind})")
     if profile.provenance.residuals:
-        print("  residuals: " + ", ".join(f"{k} {v:+.1%}" if "requests" not in k else f"{k} {v:g}"
+        print("  residuals: " + ", ".join(f"{k} {v:+.1%}" if k.endswith(("max", "rms", "median", "mean", "p90_abs"))
+                                          and "running" not in k else f"{k} {v:.4g}"
                                           for k, v in profile.provenance.residuals.items()))
 
 
@@ -127,17 +129,21 @@ def from_run(a: argparse.Namespace) -> GPUProfile:
     observed = observed_requests(run.requests, scale)
     if not observed:
         raise PdlabError(f"{a.from_run}: no completed requests to fit")
-    deployment = deployment_of(exp)
+    from pdlab.experiment.profiles import gpu
+
+    deployment = deployment_of(exp, gpu(a.base) if a.base else None)
     result = fit(observed, deployment, fit_overhead=a.fit_overhead)
     timings = replay(observed, deployment, result.profile)
     times = [t / scale for t in running.index]
     replayed = running_batch(timings, times)
     res = dict(result.residuals)
+    res["request_overhead_ms"] = result.request_overhead_ms
     res["running_batch_scraped_mean"] = float(running.mean())
     res["running_batch_replay_mean"] = sum(replayed) / max(len(replayed), 1)
     base = deployment.config.gpu
     prov = Provenance(kind="fitted", summary=f"{base.name} fitted to run {run.name}: prefill ×{result.prefill:.3f}, "
-                      f"decode ×{result.decode:.3f}, step overhead {result.step_overhead_ms:.2f} ms "
+                      f"decode ×{result.decode:.3f}, step overhead {result.step_overhead_ms:.2f} ms, "
+                      f"per-request TTFT overhead {result.request_overhead_ms:.1f} ms (not modelled) "
                       f"({len(observed)} requests); started from: {base.describe()}",
                       gpu_name=base.provenance.gpu_name or base.name, date=run.provenance.get("started_at"),
                       command=" ".join(["pdlab", "calibrate", *map(shlex.quote, sys.argv[2:])]),

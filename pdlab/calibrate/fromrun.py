@@ -48,6 +48,7 @@ class FitResult:
     prefill: float
     decode: float
     step_overhead_ms: float
+    request_overhead_ms: float
     profile: GPUProfile
     residuals: dict[str, float] = field(default_factory=dict)
     evaluations: int = 0
@@ -77,11 +78,12 @@ def replay(observed: Sequence[Observed], deployment: Deployment, gpu: GPUProfile
                     decode_workers=deployment.decode_workers, decode_config=dcfg)
 
 
-def _log_errors(observed: Sequence[Observed], timings: list[RequestTiming]) -> tuple[list[float], list[float]]:
+def _log_errors(observed: Sequence[Observed], timings: list[RequestTiming],
+                request_overhead_s: float = 0.0) -> tuple[list[float], list[float]]:
     ttft, tpot = [], []
     for o, t in zip(observed, timings, strict=True):
-        if o.ttft > 0 and t.ttft > 0:
-            ttft.append(math.log(t.ttft / o.ttft))
+        if o.ttft > 0 and t.ttft + request_overhead_s > 0:
+            ttft.append(math.log((t.ttft + request_overhead_s) / o.ttft))
         if o.tpot and o.tpot > 0 and t.tpot > 0:
             tpot.append(math.log(t.tpot / o.tpot))
     return ttft, tpot
@@ -122,33 +124,39 @@ def nelder_mead(f: Callable[[list[float]], float], x0: list[float], step: list[f
     return pts[min(range(n + 1), key=vals.__getitem__)]
 
 
-def fit(observed: Sequence[Observed], deployment: Deployment, *, fit_overhead: bool = True,
+def fit(observed: Sequence[Observed], deployment: Deployment, *, fit_overhead: bool = False,
         max_overhead_ms: float = 50.0) -> FitResult:
-    """Fit prefill and decode factors (and the per-step overhead) so the replay matches the observed requests."""
+    """Fit prefill and decode factors so the replay matches the observed requests' TTFT and TPOT.
+
+    Also fitted: a constant per-request TTFT overhead (HTTP, tokenisation, routing: time no GPU step
+    model covers, reported but not part of the profile), and with `fit_overhead` the per-step overhead.
+    """
     if not observed:
         raise ValueError("no completed requests to fit")
     base = deployment.config.gpu
     count = {"n": 0}
 
-    def profile_at(x: list[float]) -> GPUProfile:
-        overhead = min(max(x[2] * 10.0, 0.0), max_overhead_ms) if fit_overhead else None
-        return scale_profile(base, prefill=math.exp(x[0]), decode=math.exp(x[1]), step_overhead_ms=overhead)
+    def parts(x: list[float]) -> tuple[GPUProfile, float]:
+        overhead = min(max(x[3] * 10.0, 0.0), max_overhead_ms) if fit_overhead else None
+        prof = scale_profile(base, prefill=math.exp(x[0]), decode=math.exp(x[1]), step_overhead_ms=overhead)
+        return prof, max(x[2], 0.0) * 0.01
 
     def loss(x: list[float]) -> float:
         count["n"] += 1
-        ttft, tpot = _log_errors(observed, replay(observed, deployment, profile_at(x)))
+        prof, req_s = parts(x)
+        ttft, tpot = _log_errors(observed, replay(observed, deployment, prof), req_s)
         errs = ttft + tpot
         return sum(e * e for e in errs) / max(len(errs), 1)
 
-    x0 = [0.0, 0.0] + ([base.step_overhead_ms / 10.0] if fit_overhead else [])
-    step = [0.2, 0.2] + ([0.2] if fit_overhead else [])
+    x0 = [0.0, 0.0, 0.0] + ([base.step_overhead_ms / 10.0] if fit_overhead else [])
+    step = [0.2, 0.2, 0.5] + ([0.2] if fit_overhead else [])
     best = nelder_mead(loss, x0, step)
     best = nelder_mead(loss, best, [s / 4 for s in step])  # restart: escapes a collapsed simplex
-    prof = profile_at(best)
-    ttft, tpot = _log_errors(observed, replay(observed, deployment, prof))
+    prof, req_s = parts(best)
+    ttft, tpot = _log_errors(observed, replay(observed, deployment, prof), req_s)
     res = _summary("ttft", ttft) | _summary("tpot", tpot)
     return FitResult(prefill=math.exp(best[0]), decode=math.exp(best[1]), step_overhead_ms=prof.step_overhead_ms,
-                     profile=prof, residuals=res, evaluations=count["n"])
+                     request_overhead_ms=req_s * 1e3, profile=prof, residuals=res, evaluations=count["n"])
 
 
 def _summary(name: str, log_errors: list[float]) -> dict[str, float]:
