@@ -30,7 +30,7 @@ def test_fit_recovers_hidden_factors_from_emulated_workers_in_virtual_time() -> 
     deployment = Deployment(cfg, workers=1)
     rng = random.Random(3)
     t, reqs = 0.0, []
-    for rate, n in ((0.5, 25), (4.0, 60)):  # light and heavy load: batch sizes from 1 to tens
+    for rate, n in ((0.5, 15), (4.0, 40)):  # light and heavy load: batch sizes from 1 to tens
         for _ in range(n):
             t += rng.expovariate(rate)
             reqs.append(Observed(t, rng.randint(500, 4000), rng.randint(16, 128), 0.0, None))

@@ -119,3 +119,15 @@ def test_uncalibrated_profiles_say_so():
     for name in ("L20", "H20", "A100"):
         assert gpu(name).provenance.kind == "datasheet"
         assert "not measured" in gpu(name).describe()
+
+
+def test_measured_allreduce_table_is_used_at_its_tp_and_extended_beyond_it():
+    ic = {"kind": "x", "bw_gbps": 1, "latency_us": 1, "allreduce_tp": 2, "allreduce_us": {16: 10.0, 64: 30.0}}
+    g = TOY_GPU.model_copy(update={"interconnect": TOY_GPU.interconnect.model_copy(update=ic)})
+    calls = 2 * TOY.num_hidden_layers
+    # 2 tokens × 8 hidden × 2 bytes = 32 bytes: halfway (log2) between 16 and 64 bytes -> 10 + 20 × 0.5
+    assert pm.allreduce_time(TOY, g, 2, 2) == pytest.approx(calls * 20e-6)
+    # beyond the table: its last time plus the extra bytes at the per-direction bandwidth
+    assert pm.allreduce_time(TOY, g, 2, 8) == pytest.approx(calls * (30e-6 + (128 - 64) / 1e9))
+    # another TP size: latency + bandwidth, not a table measured at TP2
+    assert pm.allreduce_time(TOY, g, 4, 2) == pytest.approx(calls * (1.5 * 32 / 1e9 + 1e-6))

@@ -92,8 +92,13 @@ def fit_allreduce(raw: dict, kind: str) -> Interconnect | None:
     t = np.array([s for _, s in samples])
     A = np.c_[np.ones_like(wire), wire]
     (lat, per_byte), *_ = np.linalg.lstsq(A / t[:, None], np.ones(len(t)), rcond=None)
+    by_size: dict[int, list[float]] = {}
+    for b, s in samples:
+        by_size.setdefault(int(b), []).append(s)
+    table = {b: round(float(np.median(v)) * 1e6, 2) for b, v in sorted(by_size.items())}
     return Interconnect(kind=f"{kind} (NCCL, measured)", bw_gbps=round(1 / per_byte / GB, 1),
-                        latency_us=round(max(lat, 0.0) * 1e6, 2))
+                        latency_us=round(max(lat, 0.0) * 1e6, 2), allreduce_us=table if len(table) >= 3 else {},
+                        allreduce_tp=tp if len(table) >= 3 else None)
 
 
 def predict(m: ModelProfile, gpu: GPUProfile, row: dict, tp: int) -> float:

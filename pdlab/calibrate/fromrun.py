@@ -3,7 +3,7 @@
 The run's requests (arrival, prompt and output tokens) are replayed in virtual time through the same
 emulated SGLang scheduler the emulator and planner use (`pdlab.emulator.engine.simulate`), with the
 profile's prefill efficiencies × `prefill`, decode efficiencies (weight and KV reads) × `decode` and a
-per-step overhead; the three are fitted by a Nelder–Mead search to minimise the squared log-error of every
+per-step overhead; they are fitted by alternating golden-section / Nelder–Mead searches to minimise the squared log-error of every
 request's TTFT and TPOT. The scraped running batch (`sglang:num_running_reqs`) is compared with the
 replay's as a check on the fit. Once fitted, the emulator and planner reproduce that cluster.
 """
@@ -124,39 +124,66 @@ def nelder_mead(f: Callable[[list[float]], float], x0: list[float], step: list[f
     return pts[min(range(n + 1), key=vals.__getitem__)]
 
 
+def golden(f: Callable[[float], float], lo: float, hi: float, iters: int = 18) -> float:
+    """Minimise a one-dimensional f on [lo, hi] by golden-section search."""
+    g = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(iters):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    return (a + b) / 2
+
+
 def fit(observed: Sequence[Observed], deployment: Deployment, *, fit_overhead: bool = False,
-        max_overhead_ms: float = 50.0) -> FitResult:
+        rounds: int = 4, max_overhead_ms: float = 50.0) -> FitResult:
     """Fit prefill and decode factors so the replay matches the observed requests' TTFT and TPOT.
 
-    Also fitted: a constant per-request TTFT overhead (HTTP, tokenisation, routing: time no GPU step
-    model covers, reported but not part of the profile), and with `fit_overhead` the per-step overhead.
+    Alternating searches: the decode factor (and with `fit_overhead` the per-step overhead) against the
+    TPOTs, then the prefill factor and a constant per-request TTFT overhead (HTTP, tokenisation, routing:
+    time no GPU step model covers; reported, not part of the profile) against the TTFTs.
     """
     if not observed:
         raise ValueError("no completed requests to fit")
     base = deployment.config.gpu
     count = {"n": 0}
+    x = {"lp": 0.0, "ld": 0.0, "req": 0.0, "o": base.step_overhead_ms}
 
-    def parts(x: list[float]) -> tuple[GPUProfile, float]:
-        overhead = min(max(x[3] * 10.0, 0.0), max_overhead_ms) if fit_overhead else None
-        prof = scale_profile(base, prefill=math.exp(x[0]), decode=math.exp(x[1]), step_overhead_ms=overhead)
-        return prof, max(x[2], 0.0) * 0.01
-
-    def loss(x: list[float]) -> float:
+    def errors(lp: float, ld: float, req_s: float, o: float) -> tuple[list[float], list[float]]:
         count["n"] += 1
-        prof, req_s = parts(x)
-        ttft, tpot = _log_errors(observed, replay(observed, deployment, prof), req_s)
-        errs = ttft + tpot
+        prof = scale_profile(base, prefill=math.exp(lp), decode=math.exp(ld),
+                             step_overhead_ms=o if fit_overhead else None)
+        return _log_errors(observed, replay(observed, deployment, prof), req_s)
+
+    def mse(errs: list[float]) -> float:
         return sum(e * e for e in errs) / max(len(errs), 1)
 
-    x0 = [0.0, 0.0, 0.0] + ([base.step_overhead_ms / 10.0] if fit_overhead else [])
-    step = [0.2, 0.2, 0.5] + ([0.2] if fit_overhead else [])
-    best = nelder_mead(loss, x0, step)
-    best = nelder_mead(loss, best, [s / 4 for s in step])  # restart: escapes a collapsed simplex
-    prof, req_s = parts(best)
-    ttft, tpot = _log_errors(observed, replay(observed, deployment, prof), req_s)
+    width = math.log(2.0)
+    for r in range(rounds):
+        w = width / (2.5**r)
+        x["ld"] = golden(lambda v: mse(errors(x["lp"], v, x["req"], x["o"])[1]), x["ld"] - w, x["ld"] + w)
+        if fit_overhead:
+            hw = max_overhead_ms / (2**r)
+            x["o"] = golden(lambda v: mse(errors(x["lp"], x["ld"], x["req"], v)[1]),
+                            max(0.0, x["o"] - hw), x["o"] + hw)
+        lp, req = nelder_mead(lambda v: mse(errors(v[0], x["ld"], max(v[1], 0.0) * 0.01, x["o"])[0]),
+                              [x["lp"], x["req"] / 0.01], [w / 2, 0.5], iters=40)
+        x["lp"], x["req"] = lp, max(req, 0.0) * 0.01
+    w = width / (2.5**rounds)  # the decode factor once more, at the final prefill factor
+    x["ld"] = golden(lambda v: mse(errors(x["lp"], v, x["req"], x["o"])[1]), x["ld"] - w, x["ld"] + w)
+    prof = scale_profile(base, prefill=math.exp(x["lp"]), decode=math.exp(x["ld"]),
+                         step_overhead_ms=x["o"] if fit_overhead else None)
+    ttft, tpot = _log_errors(observed, replay(observed, deployment, prof), x["req"])
     res = _summary("ttft", ttft) | _summary("tpot", tpot)
-    return FitResult(prefill=math.exp(best[0]), decode=math.exp(best[1]), step_overhead_ms=prof.step_overhead_ms,
-                     request_overhead_ms=req_s * 1e3, profile=prof, residuals=res, evaluations=count["n"])
+    return FitResult(prefill=math.exp(x["lp"]), decode=math.exp(x["ld"]), step_overhead_ms=prof.step_overhead_ms,
+                     request_overhead_ms=x["req"] * 1e3, profile=prof, residuals=res, evaluations=count["n"])
 
 
 def _summary(name: str, log_errors: list[float]) -> dict[str, float]:

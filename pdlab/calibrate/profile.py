@@ -75,6 +75,9 @@ def profile_yaml(profile: GPUProfile) -> str:
     """The YAML text of a profile file: a 'gpu' section that `gpu.profile: PATH` loads."""
     data = profile.model_dump(mode="json", exclude_none=True)
     data["efficiency"] = {int(k): v for k, v in data["efficiency"].items()}
+    data["interconnect"]["allreduce_us"] = {int(k): v for k, v in data["interconnect"].get("allreduce_us", {}).items()}
+    if not data["interconnect"]["allreduce_us"]:
+        del data["interconnect"]["allreduce_us"]
     for eff in data["efficiency"].values():
         eff["prefill"] = {int(k): v for k, v in eff["prefill"].items()}
         eff["decode_weights"] = {int(k): v for k, v in eff["decode_weights"].items()}

@@ -128,13 +128,21 @@ def allreduce_time(model: ModelProfile, gpu: GPUProfile, tp: int, tokens: int) -
     """TP all-reduce time of a step: two ring all-reduces per layer of tokens × hidden × dtype bytes.
 
     Each rank sends and receives 2 × (TP − 1) ÷ TP × message bytes, at the interconnect's
-    per-direction bandwidth, plus a per-call latency.
+    per-direction bandwidth, plus a per-call latency; a calibrated profile's measured per-call times by
+    message size (``interconnect.allreduce_us``) take their place within the measured range.
     """
     if tp <= 1 or tokens <= 0:
         return 0.0
     calls = 2 * model.num_hidden_layers
     msg = tokens * model.hidden_size * model.dtype_bytes
-    per_call = 2 * (tp - 1) / tp * msg / (gpu.interconnect.bw_gbps * GB) + gpu.interconnect.latency_us * 1e-6
+    ic = gpu.interconnect
+    wire_s = 2 * (tp - 1) / tp / (ic.bw_gbps * GB)
+    table = ic.allreduce_us
+    if table and ic.allreduce_tp == tp and min(table) <= msg:  # measured per-call times, extended linearly
+        top = max(table)
+        per_call = (interpolate_log2(table, msg) if msg <= top else table[top] + (msg - top) * wire_s * 1e6) * 1e-6
+    else:
+        per_call = msg * wire_s + ic.latency_us * 1e-6
     return calls * per_call
 
 

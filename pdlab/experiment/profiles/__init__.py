@@ -26,6 +26,9 @@ class Interconnect(BaseModel):
     kind: str
     bw_gbps: float = Field(gt=0)
     latency_us: float = Field(ge=0)
+    allreduce_us: dict[int, float] = Field(default_factory=dict, description="measured µs per all-reduce call by "
+                                           "message bytes, inside forward steps (calibrated profiles)")
+    allreduce_tp: int | None = Field(None, description="the TP size allreduce_us was measured at")
 
 
 class TPEfficiency(BaseModel):
