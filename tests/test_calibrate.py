@@ -133,3 +133,14 @@ def test_gpus_yaml_profiles_all_carry_provenance() -> None:
     doc = yaml.safe_load((ROOT / "pdlab/experiment/profiles/gpus.yaml").read_text())
     for name, entry in doc.items():
         assert entry["provenance"]["kind"] in ("datasheet", "calibrated"), name
+
+
+def test_sweep_tables_and_the_index_name_each_runs_gpu_profile(tmp_path: Path) -> None:
+    from pdlab.analysis.results import run_columns
+    from pdlab.orchestrate.report import _gpu_profile
+
+    described = gpu("H200").describe()
+    assert run_columns({"gpu": {"type": "H200"}}, {"gpu_profile": {"describe": described}})["gpu_profile"] == described
+    assert run_columns({"gpu": {"type": "L20", "profile": "l20.yaml"}})["gpu_profile"] == "l20.yaml"
+    (tmp_path / "summary.json").write_text(json.dumps({"gpu_profile": {"describe": described}}))
+    assert _gpu_profile(tmp_path) == described

@@ -3,6 +3,7 @@ fitting from the default profile recovers them within 5%, and reports its residu
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def test_from_run_recovers_hidden_factors_of_emulated_workers(tmp_path: Path, mo
     write_profile(perturbed, scale_profile(gpu("H100"), prefill=prefill, decode=decode))
     rd = run_experiment(experiment_from_dict(_exp(tmp_path, perturbed)), results=tmp_path / "results",
                         run_name="r", progress=False)
+    named = json.loads((rd / SUMMARY).read_text())["gpu_profile"]  # the run names the profile it used
+    assert named["file"] == str(perturbed) and named["provenance"]["kind"] == "calibrated"
+    assert "NVIDIA H100" in named["describe"]
+    assert json.loads((rd / "provenance.json").read_text())["backend"]["gpu_profile"] == named
     out = tmp_path / "fitted.yaml"
     assert main(["calibrate", "--from-run", str(rd), "--base", "H100", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
