@@ -114,7 +114,6 @@ def test_a_calibrated_profile_changes_the_plan(tmp_path: Path, params_dir: Path)
 
 def test_measuring_code_on_cpu_with_a_tiny_model() -> None:
     pytest.importorskip("torch", reason="torch is not installed here (it is not a pdlab dependency)")
-    from pdlab.calibrate.fit import fit_tp
     from pdlab.calibrate.measure import measure
 
     doc = measure(TINY, 2, layers=1, reps=2, prefill_tokens=[8, 32], batches=[1, 4], contexts=[16, 64],
@@ -125,8 +124,6 @@ def test_measuring_code_on_cpu_with_a_tiny_model() -> None:
                       ("decode", 1, 64), ("decode", 4, 64)}
     assert all(r["seconds"] > 0 for r in doc["rows"])
     json.dumps(doc)  # the raw document is plain JSON
-    eff, _ = fit_tp(doc, gpu("L20"))
-    assert set(eff.prefill) == {8, 32} and set(eff.decode_weights) == {1, 4}
 
 
 def test_gpus_yaml_profiles_all_carry_provenance() -> None:
@@ -144,3 +141,27 @@ def test_sweep_tables_and_the_index_name_each_runs_gpu_profile(tmp_path: Path) -
     assert run_columns({"gpu": {"type": "L20", "profile": "l20.yaml"}})["gpu_profile"] == "l20.yaml"
     (tmp_path / "summary.json").write_text(json.dumps({"gpu_profile": {"describe": described}}))
     assert _gpu_profile(tmp_path) == described
+
+
+def test_fit_recovers_the_efficiencies_that_generated_the_times() -> None:
+    from pdlab.calibrate.fit import fit_tp
+    from pdlab.emulator import perfmodel as pm
+    from pdlab.experiment.profiles import model
+
+    m, truth = model("Qwen3-8B"), gpu("H200")
+    rows = []
+    for t in (256, 1024, 4096):
+        rows.append({"phase": "prefill", "tokens": t, "context": 0, "batch": 1, "allreduce": False,
+                     "seconds": pm.step_time(m, truth, 1, prefill=[(t, 0)], overhead_s=0.0).total_s})
+    for b in (1, 8, 64):
+        for c in (1024, 4096, 8192):
+            rows.append({"phase": "decode", "tokens": b, "context": c, "batch": b, "allreduce": False,
+                         "seconds": pm.step_time(m, truth, 1, decode=[c] * b, overhead_s=0.0).total_s})
+    raw = {"model": "Qwen3-8B", "tp": 1, "shape": m.model_dump(include=set(TINY)), "rows": rows}
+    eff, res = fit_tp(raw, truth)
+    want = truth.at_tp(1)
+    for b in (1, 8, 64):
+        assert eff.decode_weights[b] == pytest.approx(pm.decode_weight_efficiency(truth, b), rel=2e-3)
+        assert eff.decode_kv[b] == pytest.approx(pm.decode_kv_efficiency(truth, b), rel=2e-3)
+    assert eff.prefill[1024] == pytest.approx(want.prefill[1024], rel=1e-3)
+    assert res["tp1_decode_max"] < 1e-3

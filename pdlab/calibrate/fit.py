@@ -42,9 +42,10 @@ def fit_tp(raw: dict, base: GPUProfile) -> tuple[TPEfficiency, dict[str, float]]
         rs = [r for r in dec if int(r["batch"]) == b]
         y = np.array([r["seconds"] for r in rs])
         kv = np.array([kv_of[id(r)] for r in rs])
+        k = 0.0
         if len({int(r["context"]) for r in rs}) >= 2:
             (a, k), *_ = np.linalg.lstsq(np.c_[np.ones_like(y), kv] / y[:, None], np.ones(len(y)), rcond=None)
-        else:
+        if k <= 0:  # one context, or times that do not grow with it (noise): the KV cost pooled over batches
             k = pooled
             a = float(np.mean(y - k * kv))
         if a <= 0 or k <= 0:

@@ -224,14 +224,14 @@ def allreduce_sweep(hidden: int, reps: int, device: Any, tokens_list: list[int])
     return rows
 
 
-def environment() -> dict:
+def environment(device_type: str = "cuda") -> dict:
     """Provenance of a measurement: GPU, driver, torch/CUDA/NCCL versions, host, date."""
     import torch
 
     env: dict[str, Any] = dict(torch=torch.__version__, cuda=torch.version.cuda, python=sys.version.split()[0],
                                host=os.uname().nodename,
                                measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    if torch.cuda.is_available():
+    if device_type == "cuda" and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         env.update(gpu_name=p.name, gpu_count=torch.cuda.device_count(), gpu_memory_bytes=p.total_memory,
                    sm_count=p.multi_processor_count, nccl=".".join(map(str, torch.cuda.nccl.version())))
@@ -294,7 +294,7 @@ def measure(shape: dict, tp: int, *, layers: int = 8, reps: int = 15, prefill_to
         kv_budget = 0.6 * torch.cuda.get_device_properties(dev).total_memory - weights
     doc: dict[str, Any] = dict(format=FORMAT, model=model, shape={k: shape[k] for k in SHAPE_KEYS}, tp=tp,
                                layers_measured=layers, dtype="bf16" if dev.type == "cuda" else "fp32",
-                               reps=reps, environment=environment(), command=" ".join(sys.argv))
+                               reps=reps, environment=environment(dev.type), command=" ".join(sys.argv))
     multi = dev.type == "cuda" and tp > 1 and torch.cuda.device_count() >= tp
     if multi:
         import tempfile
