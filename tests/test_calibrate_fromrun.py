@@ -114,3 +114,22 @@ def test_from_run_refuses_incomplete_runs_and_runs_without_metrics(tmp_path: Pat
     assert main(["calibrate", "--from-run", str(rd), "--out", str(out)]) == 2
     assert needle in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_fit_recovers_hidden_factors_of_a_pd_deployment() -> None:
+    from dataclasses import replace
+
+    prefill, decode = _hidden(23)
+    cfg = EngineConfig(model=model("Qwen3-32B"), gpu=gpu("H100"), tp=2)
+    deployment = Deployment(replace(cfg, mode="prefill"), workers=0, prefill_workers=1, decode_workers=1,
+                            decode_config=replace(cfg, mode="decode"))
+    rng = random.Random(4)
+    t, reqs = 0.0, []
+    for rate, n in ((0.5, 12), (4.0, 30)):
+        for _ in range(n):
+            t += rng.expovariate(rate)
+            reqs.append(Observed(t, rng.randint(500, 4000), rng.randint(16, 128), 0.0, None))
+    truth = replay(reqs, deployment, scale_profile(gpu("H100"), prefill=prefill, decode=decode))
+    result = fit([Observed(x.arrival, x.prompt_tokens, x.output_tokens, x.ttft, x.tpot) for x in truth], deployment)
+    assert result.prefill == pytest.approx(prefill, rel=0.05)
+    assert result.decode == pytest.approx(decode, rel=0.05)
