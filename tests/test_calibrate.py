@@ -56,10 +56,12 @@ def test_bad_profile_files_name_file_and_field(tmp_path: Path, content: str | No
 def test_profile_for_another_model_is_refused_in_the_params_file(tmp_path: Path, params_dir: Path) -> None:
     path = tmp_path / "h200.yaml"
     write_profile(path, calibrated_profile(json.loads(RAW_H200.read_text())))
-    with pytest.raises(SpecError, match="calibrated for Qwen3-32B, not Qwen3-8B"):
+    with pytest.raises(SpecError, match="calibrated for Qwen3-32B, not Qwen3-8B") as err:
         load_experiment(params_dir / "demo-local.yaml", [f"gpu.profile={path}"])
-    with pytest.raises(SpecError, match="cannot read GPU profile"):
+    assert err.value.field == "gpu"
+    with pytest.raises(SpecError, match="cannot read GPU profile") as err:
         load_experiment(params_dir / "demo-local.yaml", [f"gpu.profile={tmp_path / 'missing.yaml'}"])
+    assert err.value.field == "gpu.profile"
 
 
 def test_calibrate_without_cuda_says_what_is_needed_and_writes_nothing(tmp_path: Path, capsys) -> None:

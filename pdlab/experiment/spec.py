@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pdlab.core.errors import SpecError, did_you_mean
 from pdlab.experiment import profiles
@@ -94,6 +102,16 @@ class GPUSpec(_Strict):
             return profiles.gpu(v).name
         except SpecError as e:
             raise ValueError(str(e)) from None
+
+    @field_validator("profile")
+    @classmethod
+    def _readable_profile(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                profiles.load_gpu_profile(v)
+            except SpecError as e:
+                raise ValueError(f"{v}: {e.message}") from None
+        return v
 
     def performance_profile(self, model_name: str | None = None) -> profiles.GPUProfile:
         """The GPU profile the emulator and planner use: the calibrated file if `profile` is set, else built-in."""
@@ -432,14 +450,16 @@ class Experiment(_Strict):
     def _norm_args(cls, v: EngineArgs) -> EngineArgs:
         return normalize_args(v, WORKER_FLAGS)
 
-    @model_validator(mode="after")
-    def _gpu_profile(self) -> Experiment:
-        if self.gpu.profile:
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_profile(cls, v: GPUSpec, info: ValidationInfo) -> GPUSpec:
+        if v.profile:
+            model = info.data.get("model")
             try:
-                self.gpu.performance_profile(self.model.name)
+                v.performance_profile(model.name if model is not None else None)
             except SpecError as e:
-                raise ValueError(f"gpu.profile {self.gpu.profile}: {e.message}") from None
-        return self
+                raise ValueError(f"profile {v.profile}: {e.message}") from None
+        return v
 
 
 def _longest(base: int, ratio: float) -> int:
