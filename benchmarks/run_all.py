@@ -1,6 +1,7 @@
 """Run every pdlab benchmark in turn and print its figures (`make bench`).
 
-    python benchmarks/run_all.py            # emulator (all four) + client (quick mode) + plan fidelity + load pods
+    python benchmarks/run_all.py            # emulator (all four) + client (quick mode) + plan fidelity
+                                            # + perf-model accuracy + load pods
     python benchmarks/run_all.py --full     # client benchmark at full size (100k-request memory run)
 
 Each benchmark measures its own baseline in the same run and prints ratios; nothing is asserted.
@@ -25,6 +26,7 @@ def main() -> int:
         [sys.executable, str(HERE / "bench_emulator.py"), "all"],
         [sys.executable, str(HERE / "bench_client.py")] + ([] if args.full else ["--quick"]),
         [sys.executable, str(HERE / "bench_plan.py")],
+        [sys.executable, str(HERE / "bench_perfmodel.py")],
         [sys.executable, str(HERE / "bench_loadpods.py")] + ([] if args.full else ["--quick"]),
     ]
     failed = 0

@@ -1,4 +1,4 @@
-"""The `pdlab` command: manifests, validate, plan, deploy, run, sweep, report, cleanup.
+"""The `pdlab` command: manifests, validate, plan, deploy, run, sweep, report, cleanup, calibrate.
 
 Errors a user can fix print one message (file, field, fix) and exit 2, without a traceback.
 """
@@ -103,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="k8s: the namespace to clean (default: the kubeconfig context's namespace)")
     p.add_argument("--all-namespaces", action="store_true",
                    help="k8s: every namespace (needs cluster-wide list rights, beyond pdlab's rendered Role)")
+
+    from pdlab.calibrate.command import __doc__ as calibrate_doc
+    from pdlab.calibrate.command import add_arguments as calibrate_arguments
+
+    p = sub.add_parser("calibrate", help="measure this GPU with the model's layer shapes (or fit a finished run) "
+                       "and write a GPU profile for gpu.profile", description=calibrate_doc,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    calibrate_arguments(p)
     for name, sp in sub.choices.items():
         if name in EXAMPLES:
             sp.epilog = (sp.epilog + "\n\n" if sp.epilog else "") + "example:\n  " + "\n  ".join(EXAMPLES[name])
@@ -127,6 +135,9 @@ EXAMPLES = {  # shown under each command's --help
     "import": ["pdlab import llmd-reports/*.yaml --into results/demo-sweep --arm 'llm-d 2P2D' && "
                "pdlab report results/demo-sweep"],
     "cleanup": ["pdlab cleanup", "pdlab cleanup --backend k8s --context my-ack-context --namespace llm"],
+    "calibrate": ["pdlab calibrate --model Qwen3-32B --tp 1 2 --out l20-qwen3-32b.yaml",
+                  "pdlab calibrate params/seed-2p1d.yaml --backend k8s --out l20-qwen3-32b.yaml",
+                  "pdlab calibrate --from-run results/seed/run-1 --base L20 --out seed-fitted.yaml"],
 }
 
 
@@ -266,7 +277,13 @@ def cmd_cleanup(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"manifests": cmd_manifests, "validate": cmd_validate, "plan": cmd_plan, "deploy": cmd_deploy, "run": cmd_run,
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from pdlab.calibrate.command import run
+
+    return run(a)
+
+
+COMMANDS = {"calibrate": cmd_calibrate, "manifests": cmd_manifests, "validate": cmd_validate, "plan": cmd_plan, "deploy": cmd_deploy, "run": cmd_run,
             "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "import": cmd_import,
             "cleanup": cmd_cleanup}
 

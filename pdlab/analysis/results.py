@@ -22,7 +22,8 @@ Files of a run directory (`pdlab.core.schema`; docs/architecture.md, "The path o
   sweep, run, run_dir, complete          where the row comes from
   arm                                    labels['arm'] if set, else the topology label ('2P1D', 'colocated-3x')
   topology_kind ('pd'|'colocated'), ratio ('2P1D' | 'colocated-3x'), prefill, decode, workers (replicas;
-  0 where not applicable), tp, gpus, gpu_type, model, dataset, api, arrival, burstiness
+  0 where not applicable), tp, gpus, gpu_type, gpu_profile (which GPU profile modelled it), model, dataset,
+  api, arrival, burstiness
   repeat (int labels['repeat'], default 0), label_<key> for every other experiment label
   level, level_kind ('rate'|'concurrency'), rate (target req/s, NaN for closed loop), concurrency (target,
   NaN for open loop), level_duration_s, scheduled_requests, offered_rate (requests scheduled ÷ the level's
@@ -169,6 +170,8 @@ def run_columns(params: dict, summary: dict | None = None) -> dict[str, Any]:
                 "decode": arm.decode, "workers": arm.workers, "tp": arm.tp, "prefill_tp": arm.prefill_tp,
                 "decode_tp": arm.decode_tp, "gpus": arm.gpus}
     out = {**cols, "gpu_type": (params.get("gpu") or {}).get("type"),
+           "gpu_profile": ((summary or {}).get("gpu_profile") or {}).get("describe")
+           or (params.get("gpu") or {}).get("profile") or (params.get("gpu") or {}).get("type"),
            "model": (params.get("model") or {}).get("name"), "dataset": (w.get("dataset") or {}).get("kind"),
            "api": w.get("api"), "arrival": w.get("arrival"), "burstiness": w.get("burstiness"), "repeat": repeat}
     out.update({f"label_{k}": v for k, v in labels.items()})

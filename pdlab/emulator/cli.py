@@ -1,8 +1,9 @@
 """`python -m pdlab.emulator`: the sglang.launch_server flags pdlab renders, plus --emu-* emulation flags.
 
-Emulation flags: --emu-gpu NAME (GPU profile, default L20), --emu-model NAME or --emu-model-config PATH (model
+Emulation flags: --emu-gpu NAME (GPU profile, default L20), --emu-gpu-profile PATH (a profile file written by
+`pdlab calibrate`; replaces --emu-gpu), --emu-model NAME or --emu-model-config PATH (model
 profile; default inferred from --model-path's last component, else its config.json), --emu-link NAME (default
-erdma) or --emu-link-bw-gbps X, --emu-step-overhead-ms X (default 2), --emu-time-scale F (every modelled
+erdma) or --emu-link-bw-gbps X, --emu-step-overhead-ms X (default: the GPU profile's step_overhead_ms), --emu-time-scale F (every modelled
 duration × F; /metrics and meta_info report wall-clock as observed, i.e. scaled), --emu-pd-timeout-s S (PD
 handoff timeout, wall seconds), --emu-kv-pool-tokens N (override the KV pool sizing), --emu-seed N.
 """
@@ -16,7 +17,15 @@ from pathlib import Path
 from pdlab.core.errors import PdlabError, SpecError, closest
 from pdlab.emulator.engine import EngineConfig
 from pdlab.emulator.worker import WorkerConfig
-from pdlab.experiment.profiles import LinkProfile, gpu, link, model, model_for_path, model_from_config
+from pdlab.experiment.profiles import (
+    LinkProfile,
+    gpu,
+    link,
+    load_gpu_profile,
+    model,
+    model_for_path,
+    model_from_config,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,11 +70,12 @@ def build_parser() -> _Parser:
     a("--trust-remote-code", action="store_true")
     a("--log-level", default="warning")
     a("--emu-gpu", default="L20")
+    a("--emu-gpu-profile", default=None)
     a("--emu-model", default=None)
     a("--emu-model-config", default=None)
     a("--emu-link", default="erdma")
     a("--emu-link-bw-gbps", type=float, default=None)
-    a("--emu-step-overhead-ms", type=float, default=2.0)
+    a("--emu-step-overhead-ms", type=float, default=None)
     a("--emu-time-scale", type=float, default=1.0)
     a("--emu-pd-timeout-s", type=float, default=120.0)
     a("--emu-kv-pool-tokens", type=int, default=None)
@@ -94,7 +104,7 @@ def parse(argv: list[str]) -> WorkerConfig:
             if not cfg.is_file():
                 raise SpecError(f"{e} — pass --emu-model NAME or --emu-model-config PATH") from None
             mprof = model_from_config(cfg)
-    gprof = gpu(ns.emu_gpu)
+    gprof = load_gpu_profile(ns.emu_gpu_profile, mprof.name) if ns.emu_gpu_profile else gpu(ns.emu_gpu)
     lprof = link(ns.emu_link)
     if ns.emu_link_bw_gbps is not None:
         lprof = LinkProfile(name=f"{lprof.name}@{ns.emu_link_bw_gbps:g}GB/s", bw_gbps=ns.emu_link_bw_gbps,
@@ -111,7 +121,8 @@ def parse(argv: list[str]) -> WorkerConfig:
         model=mprof, gpu=gprof, tp=ns.tp, mode=ns.disaggregation_mode, chunked_prefill_size=chunk,
         max_prefill_tokens=ns.max_prefill_tokens, max_running_requests=ns.max_running_requests or 2048,
         mem_fraction_static=ns.mem_fraction_static or 0.88, context_length=ns.context_length,
-        step_overhead_s=ns.emu_step_overhead_ms / 1e3, kv_pool_tokens=ns.emu_kv_pool_tokens, link=lprof,
+        step_overhead_s=None if ns.emu_step_overhead_ms is None else ns.emu_step_overhead_ms / 1e3,
+        kv_pool_tokens=ns.emu_kv_pool_tokens, link=lprof,
     )
     if ecfg.kv_pool_tokens <= 0:
         raise PdlabError(f"{mprof.name} does not fit on {ns.tp}× {gprof.name} at --mem-fraction-static "

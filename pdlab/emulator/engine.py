@@ -46,7 +46,7 @@ class EngineConfig:
     max_running_requests: int = 2048
     mem_fraction_static: float = 0.88
     context_length: int | None = None
-    step_overhead_s: float = 0.002
+    step_overhead_s: float | None = None  # None: the GPU profile's step_overhead_ms
     kv_pool_tokens: int | None = None
     link: LinkProfile | None = None
 

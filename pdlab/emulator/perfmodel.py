@@ -1,20 +1,28 @@
-"""Performance model of one SGLang forward step: a roofline over model shape and GPU profile (no HTTP).
+"""Performance model of one SGLang forward step over a model shape and a GPU profile (no HTTP).
 
-Public API (the local backend, notebooks and the emulator engine call these):
+Public API (the local backend, notebooks, the emulator engine, the planner and `pdlab calibrate` call these):
 
 - ``step_time(model, gpu, tp, prefill=[(new_tokens, cached_context), ...], decode=[kv_len, ...],
-  overhead_s=0.0, allreduce=True) -> StepCost`` — time of one forward step of a batch.
+  overhead_s=None, allreduce=True) -> StepCost`` — time of one forward step of a batch.
 - ``StepCost`` — ``compute_s``, ``memory_s``, ``allreduce_s``, ``overhead_s``, ``total_s``, ``flops``, ``bytes``.
 - ``kv_pool_tokens(model, gpu, tp, mem_fraction_static) -> int`` — KV-cache token pool of one TP group.
 - ``kv_transfer_time(tokens, model, link) -> float`` — PD KV-cache handoff time over a link.
-- ``prefill_efficiency(gpu, tokens) -> float`` — fraction of dense peak a prefill of ``tokens`` reaches.
-- ``flops_per_step(...)`` / ``bytes_per_step(...)`` — the two roofline inputs, for checks and plots.
+- ``prefill_efficiency(gpu, tokens, tp)`` / ``decode_weight_efficiency(gpu, batch, tp)`` /
+  ``decode_kv_efficiency(gpu, batch, tp)`` — the profile's measured tables, interpolated on log2.
+- ``flops_per_step`` / ``weight_bytes_per_gpu`` / ``kv_read_bytes`` / ``allreduce_time`` — the model's inputs.
 
-The model: compute time = FLOPs ÷ TP ÷ (dense BF16 peak × prefill efficiency at the step's token count);
-memory time = (weights + KV reads + KV writes) ÷ TP ÷ (HBM bandwidth × decode efficiency); a step takes
-max(compute, memory) + TP all-reduce (two per layer of tokens × hidden × dtype bytes, ring algorithm,
-plus a per-call latency) + a per-step overhead. FLOPs count 2 × matmul parameters per token (the LM head
-only for each sequence's last token) plus causal attention (QKᵀ and AV). All figures are "emulated".
+The model, per GPU of a TP group (everything ÷ TP), with the efficiencies the GPU profile holds for that
+TP size (``GPUProfile.at_tp``):
+
+    weights_s = weight bytes ÷ (HBM bandwidth × decode_weights[decode sequences, at least 1])
+    kv_s      = KV bytes read and written ÷ (HBM bandwidth × decode_kv[decode sequences, at least 1])
+    compute_s = FLOPs ÷ (dense BF16 peak × prefill[step tokens])          steps with prefill tokens only
+    step      = max(compute_s, weights_s + kv_s) + TP all-reduce + per-step overhead
+
+The efficiencies come from CUDA-graph step times measured without the all-reduce (``pdlab calibrate``),
+so launch gaps are inside them and nothing is counted twice: the all-reduce is added from its own
+measured latency and per-direction bandwidth, and the per-step overhead (``step_overhead_ms``) is only
+what a real server adds on the CPU between steps (0 unless fitted from a run). All figures are "emulated".
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ class StepCost:
 
     @property
     def total_s(self) -> float:
-        """Step time: roofline bound plus all-reduce and fixed overhead."""
+        """Step time: the slower of compute and memory, plus all-reduce and per-step overhead."""
         return max(self.compute_s, self.memory_s) + self.allreduce_s + self.overhead_s
 
 
@@ -53,19 +61,36 @@ def _layer_matmul_params(model: ModelProfile) -> int:
     return q + kv + o + mlp
 
 
-def prefill_efficiency(gpu: GPUProfile, tokens: int) -> float:
-    """Fraction of dense peak reached by a step of `tokens` tokens (log2-linear interpolation, clamped)."""
-    points = sorted(gpu.prefill_efficiency.items())
-    if tokens <= points[0][0]:
+def interpolate_log2(table: dict[int, float], x: float) -> float:
+    """Value of a {size: value} table at x: linear in log2(size) between points, clamped at the ends."""
+    points = sorted(table.items())
+    if x <= points[0][0]:
         return points[0][1]
-    if tokens >= points[-1][0]:
+    if x >= points[-1][0]:
         return points[-1][1]
-    x = math.log2(max(tokens, 1))
-    for (t0, e0), (t1, e1) in zip(points, points[1:], strict=False):
-        if t0 <= tokens <= t1:
-            x0, x1 = math.log2(t0), math.log2(t1)
-            return e0 + (e1 - e0) * (x - x0) / (x1 - x0)
+    lx = math.log2(x)
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (lx - math.log2(x0)) / (math.log2(x1) - math.log2(x0))
     return points[-1][1]  # pragma: no cover
+
+
+def prefill_efficiency(gpu: GPUProfile, tokens: int, tp: int = 1) -> float:
+    """Fraction of dense BF16 peak a step with `tokens` prefill tokens reaches at this TP size."""
+    return interpolate_log2(gpu.at_tp(tp).prefill, max(tokens, 1))
+
+
+def decode_weight_efficiency(gpu: GPUProfile, batch: int, tp: int = 1) -> float:
+    """Fraction of HBM bandwidth the weight reads of a decode step of `batch` sequences reach at this TP size.
+
+    It falls as the batch grows because the GEMMs start to compute; a prefill-only step reads at batch 1's.
+    """
+    return interpolate_log2(gpu.at_tp(tp).decode_weights, max(batch, 1))
+
+
+def decode_kv_efficiency(gpu: GPUProfile, batch: int, tp: int = 1) -> float:
+    """Fraction of HBM bandwidth the KV-cache reads of a decode step of `batch` sequences reach."""
+    return interpolate_log2(gpu.at_tp(tp).decode_kv, max(batch, 1))
 
 
 def flops_per_step(model: ModelProfile, prefill: list[tuple[int, int]], decode: list[int]) -> float:
@@ -82,21 +107,42 @@ def flops_per_step(model: ModelProfile, prefill: list[tuple[int, int]], decode: 
     return flops
 
 
-def bytes_per_step(model: ModelProfile, prefill: list[tuple[int, int]], decode: list[int]) -> float:
-    """Total HBM bytes (all TP ranks) of a step: weights once, KV reads of the context, KV writes."""
-    kv = model.kv_bytes_per_token
+def weight_bytes_per_gpu(model: ModelProfile, tp: int) -> float:
+    """Weight bytes one GPU reads per step: every weight of its shard once (embedding lookups aside)."""
+    return model.weight_bytes / tp
+
+
+def kv_read_bytes(model: ModelProfile, prefill: list[tuple[int, int]], decode: list[int]) -> float:
+    """KV-cache bytes (all TP ranks) a step reads (cached context) and writes (new tokens)."""
     reads = sum(c for _, c in prefill) + sum(decode)
     writes = sum(n for n, _ in prefill) + len(decode)
-    return float(model.weight_bytes + kv * (reads + writes))
+    return float(model.kv_bytes_per_token * (reads + writes))
+
+
+def bytes_per_step(model: ModelProfile, prefill: list[tuple[int, int]], decode: list[int]) -> float:
+    """Total HBM bytes (all TP ranks) of a step: weights once, KV reads of the context, KV writes."""
+    return float(model.weight_bytes) + kv_read_bytes(model, prefill, decode)
 
 
 def allreduce_time(model: ModelProfile, gpu: GPUProfile, tp: int, tokens: int) -> float:
-    """TP all-reduce time of a step: two ring all-reduces per layer of tokens × hidden × dtype bytes."""
+    """TP all-reduce time of a step: two ring all-reduces per layer of tokens × hidden × dtype bytes.
+
+    Each rank sends and receives 2 × (TP − 1) ÷ TP × message bytes, at the interconnect's
+    per-direction bandwidth, plus a per-call latency; a calibrated profile's measured per-call times by
+    message size (``interconnect.allreduce_us``) take their place within the measured range.
+    """
     if tp <= 1 or tokens <= 0:
         return 0.0
     calls = 2 * model.num_hidden_layers
     msg = tokens * model.hidden_size * model.dtype_bytes
-    per_call = 2 * (tp - 1) / tp * msg / (gpu.interconnect.bw_gbps * GB) + gpu.interconnect.latency_us * 1e-6
+    ic = gpu.interconnect
+    wire_s = 2 * (tp - 1) / tp / (ic.bw_gbps * GB)
+    table = ic.allreduce_us
+    if table and ic.allreduce_tp == tp and min(table) <= msg:  # measured per-call times, extended linearly
+        top = max(table)
+        per_call = (interpolate_log2(table, msg) if msg <= top else table[top] + (msg - top) * wire_s * 1e6) * 1e-6
+    else:
+        per_call = msg * wire_s + ic.latency_us * 1e-6
     return calls * per_call
 
 
@@ -106,21 +152,29 @@ def step_time(
     tp: int,
     prefill: list[tuple[int, int]] | None = None,
     decode: list[int] | None = None,
-    overhead_s: float = 0.0,
+    overhead_s: float | None = None,
     allreduce: bool = True,
 ) -> StepCost:
-    """Modelled time of one forward step: prefill items (new tokens, cached context) and decode KV lengths."""
+    """Modelled time of one forward step: prefill items (new tokens, cached context) and decode KV lengths.
+
+    `overhead_s` None takes the GPU profile's per-step overhead (``step_overhead_ms``).
+    """
     prefill = prefill or []
     decode = decode or []
-    tokens = sum(n for n, _ in prefill) + len(decode)
+    prefill_tokens = sum(n for n, _ in prefill)
+    tokens = prefill_tokens + len(decode)
     if tokens == 0:
         return StepCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    bw = gpu.mem_bw_gbps * GB
     flops = flops_per_step(model, prefill, decode) / tp
-    nbytes = bytes_per_step(model, prefill, decode) / tp
-    compute_s = flops / (gpu.bf16_tflops * 1e12 * prefill_efficiency(gpu, tokens))
-    memory_s = nbytes / (gpu.mem_bw_gbps * GB * gpu.decode_bw_efficiency)
+    weights = weight_bytes_per_gpu(model, tp)
+    kv = kv_read_bytes(model, prefill, decode) / tp
+    compute_s = flops / (gpu.bf16_tflops * 1e12 * prefill_efficiency(gpu, tokens, tp)) if prefill_tokens else 0.0
+    batch = max(len(decode), 1)
+    memory_s = weights / (bw * decode_weight_efficiency(gpu, batch, tp)) + kv / (bw * decode_kv_efficiency(gpu, batch, tp))
     ar = allreduce_time(model, gpu, tp, tokens) if allreduce else 0.0
-    return StepCost(compute_s, memory_s, ar, overhead_s, flops, nbytes)
+    overhead = gpu.step_overhead_ms / 1e3 if overhead_s is None else overhead_s
+    return StepCost(compute_s, memory_s, ar, overhead, flops, weights + kv)
 
 
 def kv_bytes_per_token_per_gpu(model: ModelProfile, tp: int) -> float:
@@ -130,8 +184,8 @@ def kv_bytes_per_token_per_gpu(model: ModelProfile, tp: int) -> float:
 
 
 def kv_pool_tokens(model: ModelProfile, gpu: GPUProfile, tp: int, mem_fraction_static: float = 0.88) -> int:
-    """KV token pool of one TP group: (GPU memory × mem_fraction_static − weights ÷ TP) ÷ KV bytes per token."""
-    free = gpu.memory_gb * GB * mem_fraction_static - model.weight_bytes / tp
+    """KV token pool of one TP group: (GPU memory bytes × mem_fraction_static − weights ÷ TP) ÷ KV bytes per token."""
+    free = gpu.memory_bytes * mem_fraction_static - model.weight_bytes / tp
     if free <= 0:
         return 0
     return int(free // kv_bytes_per_token_per_gpu(model, tp))

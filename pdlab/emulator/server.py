@@ -47,8 +47,10 @@ def create_app(cfg: WorkerConfig) -> Starlette:
             "max_total_num_tokens": e.pool, "version": VERSION,
             "internal_states": [{"last_gen_throughput": worker.metrics.last_gen_throughput,
                                  "memory_usage": {"token_capacity": e.pool}}],
-            "emulated": {"gpu": e.config.gpu.name, "model": e.config.model.name, "link": e.config.link.name,
-                         "link_bw_gbps": e.config.link.bw_gbps, "step_overhead_s": e.config.step_overhead_s,
+            "emulated": {"gpu": e.config.gpu.name, "gpu_profile": e.config.gpu.describe(), "model": e.config.model.name, "link": e.config.link.name,
+                         "link_bw_gbps": e.config.link.bw_gbps, "step_overhead_s": (e.config.gpu.step_overhead_ms / 1e3
+                                                                       if e.config.step_overhead_s is None
+                                                                       else e.config.step_overhead_s),
                          "time_scale": cfg.time_scale, "clock": worker.driver.stats.as_dict()},
         })
         return JSONResponse(info)

@@ -95,6 +95,8 @@ def emulator_args(exp: Experiment) -> list[str]:
 
     out = ["--emu-gpu", exp.gpu.type, "--emu-link", exp.emulator.link,
            "--emu-time-scale", str(exp.emulator.time_scale)]
+    if exp.gpu.profile:
+        out += ["--emu-gpu-profile", str(Path(exp.gpu.profile).resolve())]
     if exp.emulator.step_overhead_ms is not None:
         out += ["--emu-step-overhead-ms", str(exp.emulator.step_overhead_ms)]
     if exp.model.config:

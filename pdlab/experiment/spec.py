@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pdlab.core.errors import SpecError, did_you_mean
 from pdlab.experiment import profiles
@@ -84,6 +92,8 @@ class GPUSpec(_Strict):
     per_node: int = Field(8, ge=1, le=64)
     nodes: int = Field(1, ge=1, le=MAX_INSTANCES, description="nodes available to the experiment (the GPU budget)")
     erdma: bool = True
+    profile: str | None = Field(None, description="GPU profile file written by `pdlab calibrate`: the emulator "
+                                "and planner model this GPU with it instead of the built-in profile of `type`")
 
     @field_validator("type")
     @classmethod
@@ -92,6 +102,22 @@ class GPUSpec(_Strict):
             return profiles.gpu(v).name
         except SpecError as e:
             raise ValueError(str(e)) from None
+
+    @field_validator("profile")
+    @classmethod
+    def _readable_profile(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                profiles.load_gpu_profile(v)
+            except SpecError as e:
+                raise ValueError(f"{v}: {e.message}") from None
+        return v
+
+    def performance_profile(self, model_name: str | None = None) -> profiles.GPUProfile:
+        """The GPU profile the emulator and planner use: the calibrated file if `profile` is set, else built-in."""
+        if self.profile:
+            return profiles.load_gpu_profile(self.profile, model_name)
+        return profiles.gpu(self.type)
 
     @property
     def budget(self) -> int:
@@ -451,6 +477,17 @@ class Experiment(_Strict):
     @classmethod
     def _norm_args(cls, v: EngineArgs) -> EngineArgs:
         return normalize_args(v, WORKER_FLAGS)
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_profile(cls, v: GPUSpec, info: ValidationInfo) -> GPUSpec:
+        if v.profile:
+            model = info.data.get("model")
+            try:
+                v.performance_profile(model.name if model is not None else None)
+            except SpecError as e:
+                raise ValueError(f"profile {v.profile}: {e.message}") from None
+        return v
 
 
 def _longest(base: int, ratio: float) -> int:

@@ -90,7 +90,8 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
     topo = build(exp)
     backend_info = {"kind": exp.backend.kind, "engine": exp.backend.engine,
                     "deployment": "pdlab" if deployment is None
-                    else "shared" if getattr(deployment, "shared", None) else "external"}
+                    else "shared" if getattr(deployment, "shared", None) else "external",
+                    "gpu_profile": gpu_profile_info(exp)}
     t0, t0_unix = time.perf_counter(), time.time()
     try:
         writer.begin(resolved(exp), backend=backend_info, extra={"t0_unix": t0_unix, "run": run_name,
@@ -180,6 +181,14 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
     return run_dir
 
 
+def gpu_profile_info(exp: Experiment) -> dict[str, Any]:
+    """Which GPU profile modelled this run (emulated workers) — datasheet defaults, or calibrated where and how."""
+    prof = exp.gpu.performance_profile(exp.model.name)
+    return {"name": prof.name, "file": exp.gpu.profile, "describe": prof.describe(),
+            "provenance": prof.provenance.model_dump(exclude_none=True),
+            "used_by": "emulator" if exp.backend.engine == "emulator" else "plan only (real SGLang workers)"}
+
+
 def _scheduled_s(plan: LevelPlan) -> float | None:
     """How long a level is scheduled to send for (None: bounded by a prompt count at unknown speed)."""
     if plan.duration_s:
@@ -243,7 +252,8 @@ def _summary_doc(exp: Experiment, run_name: str, sweep: str | None, t0_unix: flo
             "arm": arm_of(exp).to_dict(),
             "topology": {"kind": topo.kind, "label": topo.label, "ratio": exp.topology.label, "gpus": topo.gpus,
                          "roles": topo.describe()},
-            "gpu_type": exp.gpu.type, "model": exp.model.name, "slo": exp.slo.model_dump(), "t0_unix": t0_unix,
+            "gpu_type": exp.gpu.type, "gpu_profile": gpu_profile_info(exp), "model": exp.model.name,
+            "slo": exp.slo.model_dump(), "t0_unix": t0_unix,
             "requests": n, "max_failed_share": exp.workload.max_failed_share,
             "failed_levels": failed_levels(summary), "levels": summary.to_dict("records")}
 

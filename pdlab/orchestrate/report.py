@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import json
 import re
 from pathlib import Path
 
@@ -106,6 +107,15 @@ def execute_compare(sweep_dir: Path) -> Path:
     return out
 
 
+def _gpu_profile(run_dir: Path) -> str:
+    """The GPU profile a run names in its summary.json (datasheet defaults, or calibrated where and how)."""
+    try:
+        doc = json.loads((run_dir / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return ""
+    return str((doc.get("gpu_profile") or {}).get("describe") or doc.get("gpu_type") or "")
+
+
 def render_index(sweep_dir: Path | str) -> Path:
     """`<sweep_dir>/index.html`: links to the report and, per run, its status, notebook and report."""
     from pdlab.analysis.sweepdata import read_sweep_json
@@ -125,7 +135,7 @@ def render_index(sweep_dir: Path | str) -> Path:
                            for f in (REPORT, NOTEBOOK, SUMMARY) if (rd / f).exists())
         rows.append(f"<tr><td>{html.escape(p['run'])}</td><td>{html.escape(str(p.get('arm', '')))}</td>"
                     f"<td>{int(p.get('repeat', 0)) + 1}</td><td style='color:{colour}'>{status}</td>"
-                    f"<td>{links}</td></tr>")
+                    f"<td>{html.escape(_gpu_profile(rd))}</td><td>{links}</td></tr>")
     report = (f'<p><a href="{REPORT}"><b>Comparison report</b></a> · <a href="compare.ipynb">compare.ipynb</a></p>'
               if (d / REPORT).exists() else "<p>No comparison report yet.</p>")
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -139,7 +149,7 @@ th{{background:#f4f4f4}}</style></head>
 <p>Sweep file: <code>{html.escape(str(meta.get('file', '?')))}</code>
 {(' with <code>--set ' + html.escape(' '.join(meta.get('overrides') or [])) + '</code>') if meta.get('overrides') else ''}</p>
 {report}
-<table><tr><th>run</th><th>arm</th><th>repeat</th><th>status</th><th>files</th></tr>
+<table><tr><th>run</th><th>arm</th><th>repeat</th><th>status</th><th>GPU profile</th><th>files</th></tr>
 {''.join(rows)}
 </table><p style="color:#777;font-size:80%">rendered {when} by pdlab</p></body></html>
 """

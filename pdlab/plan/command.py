@@ -24,6 +24,8 @@ def run(params: str, overrides: list[str], *, budget: int | None = None, tp: int
         rate_curve: bool = False, as_json: bool = False, emit_dir: str | None = None, csv: str | None = None) -> int:
     """Plan for `params`; returns the exit code (0, also when no configuration meets the SLO)."""
     exp = load_experiment(params, overrides)
+    gpu_profile = exp.gpu.performance_profile(exp.model.name).describe()
+    print(f"GPU profile: {gpu_profile}", file=sys.stderr)  # every plan names the profile it used
     if tp is not None and not rate_curve:
         raise SpecError("--tp fixes one TP for the rate curve; add --rate-curve, or drop --tp (the search tries "
                         "every TP that fits)", field="--tp")
@@ -55,6 +57,7 @@ def run(params: str, overrides: list[str], *, budget: int | None = None, tp: int
             raise
         raise SpecError(e.message, file=params, field=e.field) from None
     result = summarize(exp, found, budget)
+    result["gpu_profile"] = gpu_profile
     if emit_dir:
         result["emitted"] = [str(Path(emit_dir) / n) for n in ("params.yaml", "sweep.yaml", PREDICTIONS, PLAN)]
         emit(exp, found, emit_dir, plan=result)

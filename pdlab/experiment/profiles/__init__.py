@@ -1,4 +1,9 @@
-"""GPU, model and link profiles: the data files the performance model and GPU accounting read."""
+"""GPU, model and link profiles: the data files the performance model and GPU accounting read.
+
+A GPU profile is either built in (``gpus.yaml``: datasheet figures, efficiencies measured on H100/H200)
+or a file written by ``pdlab calibrate`` and named with ``gpu.profile: PATH`` (``load_gpu_profile``).
+Every profile carries its ``provenance``, which runs, plans and reports print (``describe``).
+"""
 
 from __future__ import annotations
 
@@ -6,33 +11,88 @@ import json
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pdlab.core.errors import SpecError, did_you_mean
 
 
 class Interconnect(BaseModel):
+    """What the TP all-reduce runs over: bandwidth per direction (GB/s) and latency per call."""
+
     model_config = ConfigDict(extra="forbid")
     kind: str
-    bw_gbps: float
-    latency_us: float
+    bw_gbps: float = Field(gt=0)
+    latency_us: float = Field(ge=0)
+    allreduce_us: dict[int, float] = Field(default_factory=dict, description="measured µs per all-reduce call by "
+                                           "message bytes, inside forward steps (calibrated profiles)")
+    allreduce_tp: int | None = Field(None, description="the TP size allreduce_us was measured at")
+
+
+class TPEfficiency(BaseModel):
+    """Measured efficiencies of one TP size: prefill by step tokens, decode weight reads by batch, KV reads."""
+
+    model_config = ConfigDict(extra="forbid")
+    prefill: dict[int, float] = Field(min_length=1, description="fraction of dense BF16 peak, by tokens")
+    decode_weights: dict[int, float] = Field(min_length=1, description="fraction of HBM bw, by decode batch")
+    decode_kv: dict[int, float] = Field(min_length=1, description="fraction of HBM bw reading KV, by batch")
+
+
+class Provenance(BaseModel):
+    """Where a profile's numbers come from: datasheet defaults, or calibrated where, when and how."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["datasheet", "calibrated", "fitted"]
+    summary: str
+    gpu_name: str | None = None
+    driver: str | None = None
+    torch: str | None = None
+    date: str | None = None
+    command: str | None = None
+    model: str | None = None
+    raw: str | None = None
+    residuals: dict[str, float] = {}
 
 
 class GPUProfile(BaseModel):
-    """One GPU type: memory, bandwidth, peak FLOP/s, TP interconnect and efficiency factors."""
+    """One GPU type: memory, bandwidth, peak FLOP/s, TP interconnect and efficiency factors per TP size."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
-    memory_gb: float
-    mem_bw_gbps: float
-    bf16_tflops: float
+    memory_gb: float = Field(gt=0)
+    memory_unit: Literal["GB", "GiB"] = Field(
+        "GiB", description="what the datasheet's GB means: HBM parts are sold in GiB, GDDR parts in 10^9 bytes")
+    mem_bw_gbps: float = Field(gt=0)
+    bf16_tflops: float = Field(gt=0)
     fp8_tflops: float | None = None
     interconnect: Interconnect
-    prefill_efficiency: dict[int, float]
-    decode_bw_efficiency: float
+    efficiency: dict[int, TPEfficiency] = Field(min_length=1, description="by TP size")
+    step_overhead_ms: float = Field(0.0, ge=0, description="CPU time a server adds between GPU steps")
+    model: str | None = Field(None, description="the model whose layer shapes were measured (calibrated only)")
+    provenance: Provenance
     sources: list[str] = []
+
+    @property
+    def memory_bytes(self) -> float:
+        """GPU memory in bytes, in the unit the datasheet means."""
+        return self.memory_gb * (2**30 if self.memory_unit == "GiB" else 1e9)
+
+    def at_tp(self, tp: int) -> TPEfficiency:
+        """Efficiencies for a TP size: its own if measured, else the largest measured TP below it, else the smallest."""
+        if tp in self.efficiency:
+            return self.efficiency[tp]
+        below = [t for t in self.efficiency if t <= tp]
+        return self.efficiency[max(below) if below else min(self.efficiency)]
+
+    def describe(self) -> str:
+        """One line naming the profile and where its numbers come from (runs, plans and reports print it)."""
+        p = self.provenance
+        if p.kind == "datasheet":
+            return f"{self.name} (built-in: {p.summary})"
+        where = ", ".join(x for x in (p.gpu_name, p.date and f"on {p.date}", p.model and f"for {p.model}") if x)
+        return f"{self.name} ({p.kind}: {where}; {p.summary})"
 
 
 class ModelProfile(BaseModel):
@@ -87,6 +147,7 @@ def _load(name: str) -> dict:
 
 @cache
 def gpus() -> dict[str, GPUProfile]:
+    """The built-in GPU profiles (gpus.yaml)."""
     return {k: GPUProfile(name=k, **v) for k, v in _load("gpus.yaml").items()}
 
 
@@ -110,6 +171,32 @@ def _lookup(kind: str, name: str, table: dict):
 def gpu(name: str) -> GPUProfile:
     """The GPU profile called `name` (case-insensitive)."""
     return _lookup("GPU", name, gpus())
+
+
+def load_gpu_profile(path: str | Path, model_name: str | None = None) -> GPUProfile:
+    """A GPU profile file (as `pdlab calibrate` writes): checked, and for `model_name` when it names one."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise SpecError(f"cannot read GPU profile: {e.strerror} (run `pdlab calibrate` to write one)",
+                        file=str(p), field="gpu.profile") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"GPU profile is not valid YAML: {e}", file=str(p), field="gpu.profile") from None
+    if not isinstance(data, dict) or not isinstance(data.get("gpu"), dict):
+        raise SpecError("not a GPU profile: expected a mapping with a 'gpu' section (as `pdlab calibrate` writes)",
+                        file=str(p), field="gpu.profile")
+    try:
+        prof = GPUProfile(**data["gpu"])
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise SpecError(f"GPU profile field gpu.{loc}: {first['msg']} ({len(e.errors())} problem(s); "
+                        "re-run `pdlab calibrate` or fix the file)", file=str(p), field=f"gpu.{loc}") from None
+    if model_name and prof.model and prof.model.lower() != model_name.lower():
+        raise SpecError(f"GPU profile was calibrated for {prof.model}, not {model_name}: run `pdlab calibrate "
+                        f"--model {model_name}`", file=str(p), field="gpu.profile")
+    return prof
 
 
 def link(name: str) -> LinkProfile:
