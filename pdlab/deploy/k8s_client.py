@@ -34,6 +34,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "Service": ("services", True),
     "Pod": ("pods", True),
     "Job": ("jobs", True),
+    "ConfigMap": ("configmaps", True),
     "Event": ("events", True),
     "Secret": ("secrets", True),
     "ServiceAccount": ("serviceaccounts", True),
