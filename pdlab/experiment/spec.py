@@ -87,12 +87,26 @@ class GPUSpec(_Strict):
 EngineArgs = dict[str, Any]
 
 
+class FaultSpec(_Strict):
+    """Faults injected into a role's emulated workers (--emu-fault-* flags; the real SGLang gets none)."""
+
+    error_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of requests refused with error_status")
+    error_status: Literal[500, 503] = 503
+    stall_at_s: float | None = Field(None, ge=0.0, description="seconds after start the engine stalls")
+    stall_s: float = Field(0.0, ge=0.0, description="how long the stall lasts (wall seconds)")
+    crash_after: int | None = Field(None, ge=1, description="the worker process dies when this request arrives")
+    crash_at_s: float | None = Field(None, ge=0.0, description="the worker process dies this long after start")
+    kv_fail_rate: float = Field(0.0, ge=0.0, le=1.0, description="prefill: share of KV transfers that fail")
+    kv_timeout_rate: float = Field(0.0, ge=0.0, le=1.0, description="prefill: share of KV transfers that hang")
+
+
 class RoleSpec(_Strict):
     """One worker role: how many instances, at which TP, with which extra engine args."""
 
     replicas: int = Field(1, ge=1)
     tp: int = Field(2, ge=1)
     args: EngineArgs = Field(default_factory=dict, description="extra engine args, e.g. {chunked-prefill-size: 8192}")
+    faults: FaultSpec | None = Field(None, description="injected faults (emulated workers only)")
 
     @field_validator("args")
     @classmethod
@@ -100,13 +114,31 @@ class RoleSpec(_Strict):
         return normalize_args(v)
 
 
+ROUTER_POLICIES = ("cache_aware", "round_robin", "power_of_two", "random")
+TRANSFER_BACKENDS = ("mooncake", "nixl", "ascend", "fake")
+
+
 class RouterSpec(_Strict):
-    """The router in front of the workers."""
+    """The router in front of the workers: sglang-router's policies (--policy, and in PD --prefill-policy /
+    --decode-policy) and cache-aware thresholds; unset fields keep the router's defaults (cache_aware, 0.3, 64, 1.5)."""
 
     impl: Literal["sglang-router", "mini_lb"] = "sglang-router"
     policy: str | None = None
+    prefill_policy: str | None = None
+    decode_policy: str | None = None
+    cache_threshold: float | None = Field(None, ge=0.0, le=1.0, description="cache_aware: min prefix match rate")
+    balance_abs_threshold: int | None = Field(None, ge=0, description="cache_aware: load gap that forces balancing")
+    balance_rel_threshold: float | None = Field(None, ge=1.0, description="cache_aware: load ratio that forces it")
     service_discovery: bool = False
     args: EngineArgs = Field(default_factory=dict)
+
+    @field_validator("policy", "prefill_policy", "decode_policy")
+    @classmethod
+    def _known_policy(cls, v: str | None) -> str | None:
+        if v is not None and v not in ROUTER_POLICIES:
+            raise ValueError(f"unknown routing policy '{v}'{did_you_mean(v, list(ROUTER_POLICIES))}; "
+                             f"allowed: {', '.join(ROUTER_POLICIES)}")
+        return v
 
     @field_validator("args")
     @classmethod
@@ -123,7 +155,16 @@ class PDTopology(_Strict):
     decode: RoleSpec = Field(default_factory=lambda: RoleSpec(replicas=1, tp=2))
     bootstrap_port: int = Field(34000, ge=1, le=65535)
     transfer_backend: str | None = Field(None, description="--disaggregation-transfer-backend, e.g. mooncake")
+    ib_device: str | None = Field(None, description="--disaggregation-ib-device, e.g. mlx5_0 (RDMA NIC for KV)")
     router: RouterSpec = Field(default_factory=RouterSpec)
+
+    @field_validator("transfer_backend")
+    @classmethod
+    def _known_backend(cls, v: str | None) -> str | None:
+        if v is not None and v not in TRANSFER_BACKENDS:
+            raise ValueError(f"unknown transfer backend '{v}'{did_you_mean(v, list(TRANSFER_BACKENDS))}; "
+                             f"allowed: {', '.join(TRANSFER_BACKENDS)}")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -151,6 +192,13 @@ class ColocatedTopology(_Strict):
     kind: Literal["colocated"] = "colocated"
     worker: RoleSpec = Field(default_factory=lambda: RoleSpec(replicas=3, tp=2))
     router: RouterSpec = Field(default_factory=RouterSpec)
+
+    @model_validator(mode="after")
+    def _no_pd_policies(self) -> ColocatedTopology:
+        if self.router.prefill_policy or self.router.decode_policy:
+            raise ValueError("router.prefill_policy / router.decode_policy apply to PD topologies only; "
+                             "a colocated router takes router.policy")
+        return self
 
     @property
     def label(self) -> str:
@@ -193,19 +241,27 @@ class StorageSpec(_Strict):
 class DatasetSpec(_Strict):
     """Where prompts come from and how long inputs and outputs are."""
 
-    kind: Literal["random", "sharegpt", "shared-prefix", "jsonl"] = "random"
+    kind: Literal["random", "sharegpt", "shared-prefix", "generated-shared-prefix", "multi-turn", "mooncake-trace",
+                  "jsonl"] = "random"
     input_len: int = Field(1024, ge=1)
     output_len: int = Field(256, ge=1)
     range_ratio: float = Field(0.0, ge=0.0, le=1.0, description="lengths uniform in [len*(1-r), len*(1+r)]")
-    path: str | None = Field(None, description="JSONL file for kind=jsonl")
+    path: str | None = Field(None, description="JSONL file for kind=jsonl or mooncake-trace")
     fixed_output_len: int | None = Field(None, ge=1, description="sharegpt: override output lengths")
     num_groups: int = Field(8, ge=1, description="shared-prefix: number of system prompts")
-    prefix_len: int = Field(2048, ge=1, description="shared-prefix: system prompt tokens")
+    prefix_len: int = Field(2048, ge=0, description="shared-prefix, multi-turn: system prompt tokens (multi-turn: 0 = none)")
+    prompts_per_group: int = Field(16, ge=1, description="generated-shared-prefix: questions per system prompt")
+    num_turns: int = Field(4, ge=1, description="multi-turn: turns per session (± range_ratio)")
+    think_time_s: float = Field(1.0, ge=0.0, description="multi-turn: mean user think time between turns")
 
     @model_validator(mode="after")
     def _path_for_jsonl(self) -> DatasetSpec:
         if self.kind == "jsonl" and not self.path:
             raise ValueError("dataset kind 'jsonl' needs 'path' (a JSONL file with one prompt per line)")
+        if self.kind == "mooncake-trace" and not self.path:
+            raise ValueError("dataset kind 'mooncake-trace' needs 'path' (a Mooncake trace JSONL file)")
+        if self.kind in ("shared-prefix", "generated-shared-prefix") and self.prefix_len < 1:
+            raise ValueError(f"dataset kind '{self.kind}' needs prefix_len ≥ 1 (the shared system prompt's tokens)")
         return self
 
 
