@@ -18,7 +18,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -190,13 +190,27 @@ async def run_level(client: LoadClient, dataset: Dataset, plan: LevelPlan, sink:
         stats.failed += not rec.ok
         sink.add(rec)
 
+    sessions = getattr(dataset, "multi_turn", False)
+
     async def one(k: int, t_sched: float, slot: asyncio.Semaphore | None) -> None:
         stats.sent += 1
         stats.inflight += 1
         try:
-            rec = await client.send(dataset[plan.first_prompt + k], req_id=plan.first_prompt + k,
-                                    level=plan.index, warmup=k < plan.warmup, t_sched=t_sched - t0)
-            on_record(rec)
+            if not sessions:
+                rec = await client.send(dataset[plan.first_prompt + k], req_id=plan.first_prompt + k,
+                                        level=plan.index, warmup=k < plan.warmup, t_sched=t_sched - t0)
+                on_record(rec)
+            else:  # a chat session: its turns in order, each after the previous reply and a think time
+                s = plan.first_prompt + k
+                for j, prompt in enumerate(dataset.turns(s)):  # type: ignore[attr-defined]
+                    if j:
+                        await asyncio.sleep(dataset.think_time(s, j))  # type: ignore[attr-defined]
+                        stats.sent += 1
+                    rec = await client.send(prompt, req_id=prompt.index, level=plan.index, warmup=k < plan.warmup,
+                                            t_sched=(t_sched if j == 0 else perf()) - t0)
+                    on_record(rec)
+                    if not rec.ok or (stop is not None and stop.is_set()):
+                        break
         except asyncio.CancelledError:
             raise
         finally:
@@ -213,9 +227,7 @@ async def run_level(client: LoadClient, dataset: Dataset, plan: LevelPlan, sink:
             slot = asyncio.Semaphore(plan.max_inflight)
             freed = asyncio.Event()
             healthy = 0  # most requests in flight while the dispatcher was on schedule
-            seed = [plan.seed, plan.index]
-            for k, off in enumerate(send_times(plan.arrival, plan.value, burstiness=plan.burstiness, seed=seed,
-                                               duration_s=plan.duration_s, count=count)):
+            for k, off in enumerate(level_offsets(dataset, plan, count)):
                 if stop is not None and stop.is_set():
                     break
                 target = start + off
@@ -264,6 +276,19 @@ async def run_level(client: LoadClient, dataset: Dataset, plan: LevelPlan, sink:
     finally:
         stats.finished = perf() - t0
     return stats
+
+
+def level_offsets(dataset: Dataset, plan: LevelPlan, count: int | None) -> Iterator[float]:
+    """Send offsets of an open-loop level: the arrival process, or a trace's own times scaled to the level's rate."""
+    offsets = getattr(dataset, "offsets", None)
+    if offsets is None:
+        yield from send_times(plan.arrival, plan.value, burstiness=plan.burstiness, seed=[plan.seed, plan.index],
+                              duration_s=plan.duration_s, count=count)
+        return
+    for k, off in enumerate(offsets(plan.value)):
+        if (count is not None and k >= count) or (plan.duration_s is not None and off >= plan.duration_s):
+            return
+        yield off
 
 
 def run_level_sync(base_url: str, dataset: Dataset, plan: LevelPlan, sink: RecordSink, *, t0: float,

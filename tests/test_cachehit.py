@@ -1,0 +1,22 @@
+"""Cache-hit rate per role from scraped server metrics."""
+
+import json
+
+import pandas as pd
+
+from pdlab.measure.cachehit import cache_hit_by_role
+
+
+def test_hit_rate_per_role_uses_each_workers_last_sample():
+    lab = json.dumps({"model_name": "m"})
+    rows = [(0, 1.0, "p0", "prefill", "sglang:cached_tokens_total", lab, 10.0),
+            (0, 2.0, "p0", "prefill", "sglang:cached_tokens_total", lab, 300.0),
+            (0, 2.0, "p0", "prefill", "sglang:prompt_tokens_total", lab, 1000.0),
+            (0, 2.0, "p1", "prefill", "sglang:cached_tokens_total", lab, 100.0),
+            (0, 2.0, "p1", "prefill", "sglang:prompt_tokens_total", lab, 1000.0),
+            (0, 2.0, "d0", "decode", "sglang:cached_tokens_total", lab, 0.0),
+            (0, 2.0, "d0", "decode", "sglang:prompt_tokens_total", lab, 2000.0),
+            (0, 2.0, "old", "worker", "sglang:prompt_tokens_total", lab, 50.0)]
+    df = pd.DataFrame(rows, columns=["time", "t", "name", "role", "metric", "labels", "value"])
+    assert cache_hit_by_role(df) == {"prefill": 0.2, "decode": 0.0}
+    assert cache_hit_by_role(df.iloc[:0]) == {}
