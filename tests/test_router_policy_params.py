@@ -57,3 +57,16 @@ def test_role_faults_become_emulator_flags():
     assert cfg.faults.error_rate == 0.25 and cfg.faults.crash_after == 50 and cfg.faults.error_status == 500
     with pytest.raises(SpecError, match="error_status"):
         experiment_from_dict({"topology": {"kind": "colocated", "worker": {"faults": {"error_status": 404}}}})
+
+
+def test_role_faults_reach_the_emulated_cluster_annotation():
+    import json
+
+    from pdlab.deploy import manifests as M
+
+    exp = experiment_from_dict({"topology": {"kind": "pd", "decode": {"faults": {"crash_at_s": 30}}}})
+    objs = [{"kind": "RoleBasedGroup", "spec": {"roles": [{"name": r, "template": {"spec": {}}} for r in ("prefill", "decode")]}}]
+    M.annotate_emulator_args(objs, exp)
+    ann = {r["name"]: json.loads(r["template"]["metadata"]["annotations"][M.EMULATOR_ARGS_ANNOTATION])
+           for r in objs[0]["spec"]["roles"]}
+    assert ann["decode"][-2:] == ["--emu-fault-crash-at-s", "30.0"] and "--emu-fault-crash-at-s" not in ann["prefill"]
