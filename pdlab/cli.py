@@ -102,10 +102,10 @@ def cmd_manifests(a: argparse.Namespace) -> int:
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
-    from pdlab.experiment.spec import dump_yaml, read_yaml, resolved
+    from pdlab.experiment.spec import dump_yaml, is_sweep_doc, read_yaml, resolved
 
     doc = read_yaml(a.params)
-    if "grid" in doc or "baselines" in doc or "sweep" in doc:
+    if is_sweep_doc(doc):
         from pdlab.experiment.sweepspec import load_sweep
 
         sw = load_sweep(a.params, a.overrides)

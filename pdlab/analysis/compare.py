@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pdlab.analysis.results import run_arm
+
 DEFAULT_NOISE = 0.05
 
 
@@ -362,18 +364,15 @@ def arms_table(params_by_arm: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     included), model and GPU type — the fair-comparison table."""
     rows = []
     for arm, p in params_by_arm.items():
-        t = p.get("topology") or {}
-        kind = t.get("kind", "pd")
-        if kind == "pd":
-            pr, de = t.get("prefill") or {}, t.get("decode") or {}
-            reps = f"prefill {pr.get('replicas')} × TP{pr.get('tp')}, decode {de.get('replicas')} × TP{de.get('tp')}"
-            gpus = pr.get("replicas", 0) * pr.get("tp", 0) + de.get("replicas", 0) * de.get("tp", 0)
-            tps = sorted({pr.get("tp"), de.get("tp")})
+        a = run_arm(p)
+        if a is None:
+            kind, reps, gpus, tps = (p.get("topology") or {}).get("kind"), "?", None, []
+        elif a.kind == "pd":
+            kind, gpus, tps = a.kind, a.gpus, sorted({a.prefill_tp, a.decode_tp})
+            reps = f"prefill {a.prefill} × TP{a.prefill_tp}, decode {a.decode} × TP{a.decode_tp}"
         else:
-            w = t.get("worker") or {}
-            reps = f"worker {w.get('replicas')} × TP{w.get('tp')}"
-            gpus = w.get("replicas", 0) * w.get("tp", 0)
-            tps = [w.get("tp")]
+            kind, gpus, tps = a.kind, a.gpus, [a.worker_tp]
+            reps = f"worker {a.workers} × TP{a.worker_tp}"
         args = "; ".join(f"{r}: " + (", ".join(f"--{k}={v}" for k, v in sorted(a.items())) or "defaults")
                          for r, a in role_args(p).items())
         rows.append({"arm": arm, "kind": kind, "GPUs": gpus, "TP": "/".join(str(x) for x in tps),

@@ -18,6 +18,7 @@ import yaml
 
 from pdlab.analysis import results as _results
 from pdlab.core.errors import PdlabError
+from pdlab.core.schema import SERVER_METRIC_COLUMNS
 
 SWEEP_JSON = "sweep.json"
 GAUGES = ("sglang:num_queue_reqs", "sglang:num_running_reqs", "sglang:token_usage", "sglang:gen_throughput",
@@ -141,7 +142,7 @@ def load(sweep_dir: Path | str) -> SweepData:
     requests = pd.concat(req_parts, ignore_index=True) if req_parts else pd.DataFrame(
         columns=[*_REQ_COLS, "run", "arm", "repeat"])
     server = pd.concat(srv_parts, ignore_index=True) if srv_parts else pd.DataFrame(
-        columns=["time", "t", "name", "role", "metric", "labels", "value", "run", "arm", "repeat"])
+        columns=[*SERVER_METRIC_COLUMNS, "run", "arm", "repeat"])
     return SweepData(path=root, name=meta.get("sweep", root.name), summary=summary.reset_index(drop=True),
                      requests=requests, server=server, params_by_arm=params_by_arm, emulated=emulated,
                      missing=missing, ignored=ignored, meta=meta)

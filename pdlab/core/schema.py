@@ -6,6 +6,7 @@ See docs/architecture.md ("The path of the data") for who writes which file when
 
 from __future__ import annotations
 
+import datetime as _dt
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,6 +36,11 @@ REQUEST_SCHEMA = pa.schema([
 
 # Scraped Prometheus samples, long format: wall time, s since t0, endpoint name, role, metric, labels JSON, value.
 SERVER_METRIC_COLUMNS = ["time", "t", "name", "role", "metric", "labels", "value"]
+
+
+def timestamped(prefix: str) -> str:
+    """'<prefix>-<UTC yyyymmdd-hhmmss>': the one way pdlab names a run or a deployment it was not given a name for."""
+    return f"{prefix}-{_dt.datetime.now(_dt.UTC):%Y%m%d-%H%M%S}"
 
 
 def is_run_dir(path: Path | str) -> bool:

@@ -28,7 +28,6 @@ import pandas as pd
 LAG_P99_LIMIT_MS = 10.0
 ACHIEVED_RATE_MIN = 0.95
 PERCENTILES = (50, 90, 95, 99)
-LATENCIES = ("ttft", "tpot", "itl", "e2e")
 
 
 def percentile(values: np.ndarray | list[float], q: float) -> float:

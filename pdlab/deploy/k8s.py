@@ -14,13 +14,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from pdlab.core.errors import DeployError, ResourceError
+from pdlab.core.schema import timestamped
 from pdlab.deploy import manifests as M
 from pdlab.deploy.base import Backend, Deployment, Endpoint
 from pdlab.deploy.k8s_client import (
@@ -182,7 +182,7 @@ class K8sBackend(Backend):
                wait: bool = True) -> K8sDeployment:
         """Preflight, apply, and (wait=True) watch until ready; on any failure (or Ctrl-C) everything applied
         is deleted again before the error propagates."""
-        run_id = run_id or f"{exp.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+        run_id = run_id or timestamped(exp.name)
         api = self.spec.api_version
         objs = M.render(exp, api=api, run_id=run_id, include_storage=True, with_secrets=exp.storage.oss is not None)
         info = self.preflight(exp, objs) if self.spec.preflight else self.cluster_facts()

@@ -29,6 +29,7 @@ import httpx
 
 from pdlab.core.errors import DeployError, ResourceError
 from pdlab.core.fsutil import free_port, write_atomic
+from pdlab.core.schema import timestamped
 from pdlab.deploy.base import Backend, Deployment, Endpoint
 from pdlab.experiment import commands
 from pdlab.experiment.topology import ROUTER_ROLE, Role, Topology, build
@@ -529,7 +530,7 @@ def _emulator_flags(exp: Experiment, prefix: list[str], role: str | None = None)
 
 def default_run_id(exp: Experiment) -> str:
     """`<exp.name>-<UTC yyyymmdd-hhmmss>`, suffixed -2, -3… if a state file already uses it."""
-    base = f"{exp.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    base = timestamped(exp.name)
     run_id, n = base, 1
     while (state_dir() / f"{run_id}.json").exists():
         n += 1

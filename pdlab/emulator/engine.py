@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pdlab.emulator import perfmodel, routing
 from pdlab.emulator.radix import Node, RadixCache
 from pdlab.experiment.profiles import GPUProfile, LinkProfile, ModelProfile
-from pdlab.experiment.profiles import gpu as gpu_profile
 from pdlab.experiment.profiles import link as link_profile
 
 MODES = ("null", "prefill", "decode")
@@ -187,10 +186,6 @@ class Engine:
     def token_usage(self) -> float:
         """Fraction of the KV pool holding tokens in use (evictable cached prefixes not counted, as in SGLang)."""
         return self.used_tokens / self.pool if self.pool else 0.0
-
-    def has_work(self) -> bool:
-        """Whether a forward step could be scheduled now (or after a transfer/admission)."""
-        return bool(self.waiting or self.running or self.chunked)
 
     def _try_admit(self, req: Req, pending: int = 0) -> bool:
         """Give `req` KV if a running slot and memory are free: match its cached prefix, lock it, reserve the
@@ -615,6 +610,3 @@ def _with_mode(config: EngineConfig, mode: str) -> EngineConfig:
     return replace(config, mode=mode)
 
 
-def default_config(model: ModelProfile, gpu_name: str = "L20", tp: int = 1, **kw) -> EngineConfig:
-    """An EngineConfig with SGLang-like defaults for a model on a named GPU profile."""
-    return EngineConfig(model=model, gpu=gpu_profile(gpu_name), tp=tp, **kw)

@@ -9,7 +9,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from pdlab.core.errors import SpecError
-from pdlab.experiment.spec import Experiment, apply_overrides, format_validation_error, read_yaml
+from pdlab.experiment.spec import (
+    Experiment,
+    apply_overrides,
+    format_validation_error,
+    is_sweep_doc,
+    read_yaml,
+)
 from pdlab.experiment.topology import check_feasible
 
 
@@ -30,7 +36,7 @@ def experiment_from_dict(doc: dict, *, source: str | None = None) -> Experiment:
 def load_experiment(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Experiment:
     """Load a params file, apply --set overrides, validate. Errors name the file and the field."""
     doc = read_yaml(path)
-    if "grid" in doc or "baselines" in doc or "base" in doc:
+    if is_sweep_doc(doc):
         raise SpecError("this is a sweep file (it has grid/baselines/base); use `pdlab sweep`", file=str(path))
     doc = apply_overrides(doc, overrides)
     source = str(path) + (" (with --set " + ", ".join(overrides) + ")" if isinstance(overrides, list) and overrides else "")

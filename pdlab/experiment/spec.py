@@ -431,6 +431,14 @@ def normalize_args(args: EngineArgs) -> EngineArgs:
 # --------------------------------------------------------------------------- loading
 
 
+SWEEP_KEYS = ("sweep", "grid", "baselines", "base")
+
+
+def is_sweep_doc(doc: dict) -> bool:
+    """Whether a YAML document is a sweep file (any of its keys) rather than a params file."""
+    return any(k in doc for k in SWEEP_KEYS)
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, turning I/O and syntax problems into SpecErrors naming the file."""
     p = Path(path)

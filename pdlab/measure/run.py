@@ -9,7 +9,6 @@ the reason; the exception is then re-raised. Only a run that finishes every leve
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import re
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pdlab.core.errors import PdlabError
+from pdlab.core.schema import timestamped
 from pdlab.core.stats import summarize
 from pdlab.experiment.arm import arm_of
 from pdlab.experiment.spec import resolved
@@ -37,8 +37,7 @@ SCRAPE_INTERVAL_S = 5.0
 
 def default_run_name(exp: Experiment) -> str:
     """'<topology label>-<UTC timestamp>', e.g. '2p1d-20250101-120000'."""
-    label = exp.topology.label.lower()
-    return f"{label}-{_dt.datetime.now(_dt.UTC).strftime('%Y%m%d-%H%M%S')}"
+    return timestamped(exp.topology.label.lower())
 
 
 def level_plans(exp: Experiment) -> list[LevelPlan]:
