@@ -8,7 +8,8 @@ from _load_helpers import serve
 
 from pdlab.experiment.spec import DatasetSpec
 from pdlab.measure.load import LevelPlan, RecordSink, run_level_sync
-from pdlab.measure.load.datasets import DatasetError, count_tokens, make_dataset
+from pdlab.measure.load.datasets import DatasetError, count_tokens
+from pdlab.measure.load.kinds import make_dataset
 from pdlab.measure.load.runner import level_offsets
 
 

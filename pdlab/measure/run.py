@@ -23,7 +23,7 @@ from pdlab.experiment.arm import arm_of
 from pdlab.experiment.spec import resolved
 from pdlab.experiment.topology import build
 from pdlab.measure.cachehit import cache_hit_by_role
-from pdlab.measure.load.datasets import make_dataset
+from pdlab.measure.load.kinds import make_dataset
 from pdlab.measure.load.runner import LevelPlan, LevelStats, RecordSink, run_level_sync
 from pdlab.measure.scrape import Scraper
 from pdlab.measure.writer import RunWriter

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from pdlab.emulator import tokens
 from pdlab.emulator.engine import SimRequest
 from pdlab.measure.load.arrivals import send_times
-from pdlab.measure.load.datasets import Prompt, make_dataset, sample_length
+from pdlab.measure.load.datasets import Prompt, sample_length
+from pdlab.measure.load.kinds import make_dataset
 
 if TYPE_CHECKING:
     from pdlab.experiment.spec import Experiment

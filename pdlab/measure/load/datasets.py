@@ -342,15 +342,9 @@ _KINDS: dict[str, type[Dataset]] = {
 }
 
 
-def make_dataset(spec: DatasetSpec, seed: int = 0, context_len: int | None = None) -> Dataset:
-    """The dataset a workload asks for (`workload.dataset.kind`), seeded with `workload.seed`; `context_len`
-    (the model's) lets a trace reject lines that cannot fit."""
-    if spec.kind == "mooncake-trace":
-        from pdlab.measure.load.trace import MooncakeTraceDataset
-
-        return MooncakeTraceDataset(spec, seed, context_len)
-    if spec.kind == "multi-turn":
-        from pdlab.measure.load.sessions import MultiTurnDataset
-
-        return MultiTurnDataset(spec, seed)
+def make_dataset(spec: DatasetSpec, seed: int = 0) -> Dataset:
+    """The dataset a workload asks for (`workload.dataset.kind`), seeded with `workload.seed`; multi-turn and
+    mooncake-trace come from `pdlab.measure.load.kinds.make_dataset` (which covers every kind)."""
+    if spec.kind not in _KINDS:
+        raise DatasetError(f"dataset kind '{spec.kind}' is built by pdlab.measure.load.kinds.make_dataset")
     return _KINDS[spec.kind](spec, seed)
