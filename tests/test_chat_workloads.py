@@ -94,3 +94,18 @@ def test_bad_trace_lines_are_named(tmp_path, line, match):
     spec = _trace(tmp_path, [{"timestamp": 2, "input_length": 10, "output_length": 2, "hash_ids": [0]}, line])
     with pytest.raises(DatasetError, match=match):
         make_dataset(spec, context_len=40960).prepare(1)
+
+
+def test_a_bad_trace_stops_the_run_before_anything_is_deployed_or_written(tmp_path, monkeypatch):
+    import pdlab.deploy.registry as registry
+    from pdlab.experiment.loader import experiment_from_dict
+    from pdlab.measure.run import run_experiment
+
+    spec = _trace(tmp_path, [{"timestamp": 0, "input_length": 10, "output_length": 2}])
+    exp = experiment_from_dict({"model": {"name": "Qwen3-8B", "path": "/models/Qwen3-8B/"},
+                                "topology": {"kind": "colocated", "worker": {"replicas": 1, "tp": 1}},
+                                "workload": {"dataset": spec.model_dump(), "rates": [1]}})
+    monkeypatch.setattr(registry, "get_backend", lambda e: pytest.fail("deployed despite a bad trace"))
+    with pytest.raises(DatasetError, match=r"trace.jsonl:1: missing hash_ids"):
+        run_experiment(exp, results=tmp_path / "results", run_name="x", progress=False)
+    assert not (tmp_path / "results").exists()
