@@ -20,3 +20,10 @@ def test_hit_rate_per_role_uses_each_workers_last_sample():
     df = pd.DataFrame(rows, columns=["time", "t", "name", "role", "metric", "labels", "value"])
     assert cache_hit_by_role(df) == {"prefill": 0.2, "decode": 0.0}
     assert cache_hit_by_role(df.iloc[:0]) == {}
+
+
+def test_summary_line_names_each_role():
+    from pdlab.analysis.summary_table import cache_hit_line
+
+    assert cache_hit_line({"prefill": 0.543, "decode": 0.0}) == \
+        "prefix cache hit (cached ÷ prompt tokens): decode 0%, prefill 54%"

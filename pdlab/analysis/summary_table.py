@@ -31,6 +31,7 @@ def _fmt(v: Any, f: str) -> str:
 
 def format_summary(run: Path | str | pd.DataFrame) -> str:
     """The per-level summary table (latencies in ms; '!' marks a client-bound level) as text."""
+    hits: dict = {}
     if isinstance(run, pd.DataFrame):
         df, head = run, ""
     else:
@@ -39,6 +40,7 @@ def format_summary(run: Path | str | pd.DataFrame) -> str:
         state = "" if r.complete else f"  [INCOMPLETE: {(r.incomplete or {}).get('reason', '?')}]"
         topo = (r.meta.get("topology") or {}).get("label") or ""
         head = f"{r.name}  {topo}{state}\n"
+        hits = r.meta.get("cache_hit_rate") or {}
     if df.empty:
         return head + "(no measured levels)"
     kind = str(df["level_kind"].iloc[0]) if "level_kind" in df else "rate"
@@ -54,7 +56,14 @@ def format_summary(run: Path | str | pd.DataFrame) -> str:
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     notes = [f"! level {r['level_value']:g}: client-bound ({r.get('client_bound_reason')}); these latencies "
              "measure the load generator" for _, r in df.iterrows() if bool(r.get("client_bound"))]
+    if hits:
+        notes.append(cache_hit_line(hits))
     return head + "\n".join(lines + notes)
+
+
+def cache_hit_line(hits: dict[str, float]) -> str:
+    """One line with the prefix-cache hit rate per role (cached ÷ prompt tokens over the run)."""
+    return "prefix cache hit (cached ÷ prompt tokens): " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(hits.items()))
 
 
 def print_summary(run_dir: Path | str) -> None:
