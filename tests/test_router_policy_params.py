@@ -70,3 +70,16 @@ def test_role_faults_reach_the_emulated_cluster_annotation():
     ann = {r["name"]: json.loads(r["template"]["metadata"]["annotations"][M.EMULATOR_ARGS_ANNOTATION])
            for r in objs[0]["spec"]["roles"]}
     assert ann["decode"][-2:] == ["--emu-fault-crash-at-s", "30.0"] and "--emu-fault-crash-at-s" not in ann["prefill"]
+
+
+def test_sglang_version_is_recorded_and_gates_newer_flags():
+    exp = experiment_from_dict({"topology": {"kind": "pd"}})
+    assert exp.sglang_version == "0.5.5"  # from the default image tag, written to params.yaml
+    doc = {"image": "lmsysorg/sglang:v0.5.5", "topology": {
+        "kind": "pd", "decode": {"args": {"disaggregation-decode-enable-radix-cache": True}}}}
+    with pytest.raises(SpecError, match=r"--disaggregation-decode-enable-radix-cache needs SGLang ≥ 0.5.11, but "
+                                        r"the image is SGLang 0.5.5"):
+        experiment_from_dict(doc)
+    newer = experiment_from_dict({**doc, "image": "lmsysorg/sglang:v0.5.12-cu129"})
+    assert newer.sglang_version == "0.5.12"
+    assert experiment_from_dict({**doc, "image": "my/sglang:latest"}).sglang_version is None  # unknown: no gate

@@ -388,6 +388,8 @@ class Experiment(_Strict):
     topology: Topology = Field(default_factory=PDTopology)
     engine_args: EngineArgs = Field(default_factory=dict, description="extra engine args for every worker role")
     image: str = "lmsysorg/sglang:v0.5.5"
+    sglang_version: str | None = Field(None, description="SGLang version in the image (default: read from the "
+                                       "image tag); flags it does not accept are refused")
     router_image: str | None = None
     namespace: str = "default"
     storage: StorageSpec = Field(default_factory=StorageSpec)
@@ -413,6 +415,36 @@ class Experiment(_Strict):
     @classmethod
     def _norm_args(cls, v: EngineArgs) -> EngineArgs:
         return normalize_args(v)
+
+    @model_validator(mode="after")
+    def _version_gates_flags(self) -> Experiment:
+        if self.sglang_version is None:
+            m = IMAGE_VERSION.search(self.image)
+            if m:
+                self.__dict__["sglang_version"] = m.group(1)
+        have = version_tuple(self.sglang_version)
+        if have is None:
+            return self
+        roles = [(k, getattr(self.topology, k)) for k in ("prefill", "decode", "worker") if hasattr(self.topology, k)]
+        for where, args in [("engine_args", self.engine_args)] + [(f"topology.{k}.args", r.args) for k, r in roles]:
+            for flag in args:
+                since = FLAG_SINCE.get(flag)
+                if since and have < (version_tuple(since) or ()):
+                    raise ValueError(f"{where}: --{flag} needs SGLang ≥ {since}, but the image is SGLang "
+                                     f"{self.sglang_version}; use a newer image (or set sglang_version)")
+        return self
+
+
+# flags pdlab knows to be newer than the oldest SGLang it supports: first release whose server_args.py has them
+# (checked against the sglang wheels on PyPI); others are taken as accepted.
+FLAG_SINCE = {"disaggregation-decode-enable-radix-cache": "0.5.11", "num-reserved-decode-tokens": "0.4.8"}
+IMAGE_VERSION = re.compile(r":v?(\d+\.\d+\.\d+(?:\.post\d+)?)(?:$|[-_])")
+
+
+def version_tuple(v: str | None) -> tuple[int, ...] | None:
+    """'0.5.5.post3' → (0, 5, 5, 3); None for anything else."""
+    m = re.fullmatch(r"v?(\d+)\.(\d+)\.(\d+)(?:\.post(\d+))?", v or "")
+    return tuple(int(x or 0) for x in m.groups()) if m else None
 
 
 def normalize_args(args: EngineArgs) -> EngineArgs:
