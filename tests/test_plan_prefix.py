@@ -46,3 +46,16 @@ def test_router_params_become_policies(params_dir: Path) -> None:
     assert p["decode_policy"].name == "round_robin" and "prefill_policy" not in p
     colo = load_experiment(params_dir / "demo-local.yaml", ["topology={kind: colocated, worker: {replicas: 2, tp: 1}}"])
     assert policies(colo)["policy"].name == "cache_aware"
+
+
+def test_jsonl_workloads_are_planned_with_the_files_own_lengths(params_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("\n".join(json.dumps({"prompt": "hello there " * n, "output_len": o})
+                           for n, o in ((50, 7), (200, 300))) + "\n")
+    exp = load_experiment(params_dir / "demo-local.yaml", [f"workload.dataset={{kind: jsonl, path: {f}}}",
+                                                           "workload.ignore_eos=false"])
+    reqs = level_requests(exp, 4.0, 5.0, 0)
+    assert {r.output_tokens for r in reqs} == {7, 300} and min(r.prompt_tokens for r in reqs) >= 100
+    assert exp.workload.ignore_eos is False

@@ -278,6 +278,8 @@ class WorkloadSpec(_Strict):
     num_prompts: int | None = Field(None, ge=1)
     warmup: int = Field(2, ge=0, description="requests at the start of each level left out of statistics")
     max_inflight: int = Field(2048, ge=1)
+    ignore_eos: bool = Field(True, description="true: every request generates max_tokens; false: the server may "
+                             "stop at EOS, max_tokens being the dataset's own output length (ShareGPT's completion)")
     timeout_s: float = Field(600.0, gt=0)
     seed: int = 0
 

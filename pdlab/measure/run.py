@@ -148,7 +148,8 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
                 desc = f"level {plan.index + 1}/{len(plans)}: {plan.value:g} {unit}"
                 run_level_sync(dep.router_url, dataset, plan, sink, t0=t0, api=exp.workload.api,
                                model=exp.model.name, timeout_s=exp.workload.timeout_s,
-                               on_tick=prog.level(desc, plan.expected_requests()))
+                               on_tick=prog.level(desc, plan.expected_requests()),
+                               client_kwargs={"ignore_eos": exp.workload.ignore_eos})
                 done_levels.append(plan.index)
             scraper.stop()
             frame = scraper.frame()

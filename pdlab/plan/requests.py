@@ -1,6 +1,8 @@
 """The planner's requests for one load level, with prompt token ids where prefixes are shared.
 
-Random, ShareGPT and JSONL workloads are planned from lengths only (no prefix sharing to model). Chat-shaped
+Random workloads are planned from the spec's lengths, ShareGPT and JSONL from the dataset's own prompt and output
+lengths (the completions' lengths: what max_tokens carries, with or without ignore_eos); neither models prefix
+sharing. Chat-shaped
 workloads — shared-prefix, generated-shared-prefix, multi-turn sessions, Mooncake traces — are planned from the
 very prompts the load generator sends, tokenised as the emulated worker tokenises them (the chat template for
 the chat API), so the radix cache and cache-aware routing see the same sharing in virtual time. Sessions: the
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from pdlab.experiment.spec import Experiment
 
 SHARED = ("shared-prefix", "generated-shared-prefix", "multi-turn", "mooncake-trace")
+LISTS = ("sharegpt", "jsonl")
 
 
 def level_requests(exp: Experiment, rate: float, duration_s: float, seed: int) -> list[SimRequest]:
@@ -30,6 +33,10 @@ def level_requests(exp: Experiment, rate: float, duration_s: float, seed: int) -
     w, ds = exp.workload, exp.workload.dataset
     times = list(send_times(w.arrival, rate, burstiness=w.burstiness, seed=[seed, int(rate * 1000)],
                             duration_s=duration_s, count=w.num_prompts))
+    if ds.kind in LISTS:
+        dataset = make_dataset(ds, seed=w.seed)
+        dataset.prepare(len(times))
+        return [SimRequest(t, dataset[k].input_len, dataset[k].output_len) for k, t in enumerate(times)]
     if ds.kind not in SHARED:
         rng = random.Random(seed)
         return [SimRequest(t, sample_length(rng, ds.input_len, ds.range_ratio),
