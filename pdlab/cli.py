@@ -13,6 +13,8 @@ from pathlib import Path
 from pdlab import __version__
 from pdlab.core.errors import PdlabError
 
+PLAN_MAX_REQUESTS = 200_000  # simulated requests per arm: the virtual-time engine does a few thousand per second
+
 
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD.PATH=VALUE",
@@ -52,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("params")
     _add_set(p)
 
-    p = sub.add_parser("run", help="deploy, drive every load level, save results, tear down")
+    p = sub.add_parser("run", help="deploy, drive every load level, save results, tear down",
+                       epilog="exit codes: 0 every level measured; 2 bad input; 3 a level failed (more than "
+                       "workload.max_failed_share of its requests failed; summary.json has its top errors); "
+                       "130 Ctrl-C, 143 SIGTERM (the run is saved incomplete)")
     p.add_argument("params")
     p.add_argument("--results", default="results", help="results root (default: ./results)")
     p.add_argument("--name", default=None, help="run directory name (default: <experiment>-<timestamp>)")
@@ -128,13 +133,23 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from pdlab.plan.planner import format_plan, plan
 
     exp = load_experiment(a.params, a.overrides)
+    per_arm = sum(v for k, v in exp.workload.levels if k == "rate") * (exp.workload.duration_s or 60)
+    if per_arm > PLAN_MAX_REQUESTS:
+        raise PdlabError(f"{a.params}: field 'workload.duration_s': the plan would simulate {per_arm:,.0f} requests "
+                         f"per arm (limit {PLAN_MAX_REQUESTS:,}, about a minute each); lower workload.rates or "
+                         "workload.duration_s, e.g. --set workload.duration_s=60")
     print(f"planning {exp.model.name} on {exp.gpu.type}: every arm at equal GPU count, rates "
           f"{', '.join(f'{v:g}' for k, v in exp.workload.levels if k == 'rate')} req/s, "
           f"{exp.workload.duration_s or 60:g} s each, in virtual time", file=sys.stderr)
     table = plan(exp, budget=a.budget, tp=a.tp)
     print(format_plan(table))
     if a.csv:
-        table.to_csv(a.csv, index=False)
+        from pdlab.core.fsutil import write_atomic
+
+        try:
+            write_atomic(Path(a.csv), table.to_csv(index=False))
+        except OSError as e:
+            raise PdlabError(f"--csv {a.csv}: cannot write ({e.strerror or e}); give a writable file path") from None
     return 0
 
 
@@ -147,14 +162,20 @@ def cmd_deploy(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from pdlab.analysis.results import load_run
     from pdlab.analysis.summary_table import format_summary
     from pdlab.experiment.loader import load_experiment
-    from pdlab.measure.run import run_experiment
+    from pdlab.measure.run import EXIT_LEVEL_FAILED, run_experiment
 
     exp = load_experiment(a.params, a.overrides)
     run_dir = run_experiment(exp, results=a.results, run_name=a.name, progress=True)
     print(format_summary(run_dir))
     print(run_dir)
+    failed = load_run(run_dir).meta.get("failed_levels") or []
+    if failed:
+        print(f"pdlab run: {len(failed)} level(s) failed (more than {exp.workload.max_failed_share:.0%} of their "
+              f"requests failed; see the top errors above); exit code {EXIT_LEVEL_FAILED}", file=sys.stderr)
+        return EXIT_LEVEL_FAILED
     return 0
 
 

@@ -83,3 +83,8 @@ def test_sglang_version_is_recorded_and_gates_newer_flags():
     newer = experiment_from_dict({**doc, "image": "lmsysorg/sglang:v0.5.12-cu129"})
     assert newer.sglang_version == "0.5.12"
     assert experiment_from_dict({**doc, "image": "my/sglang:latest"}).sglang_version is None  # unknown: no gate
+
+
+def test_router_flags_pdlab_sets_are_refused_in_router_args():
+    with pytest.raises(SpecError, match="set topology.router.decode_policy instead"):
+        experiment_from_dict(_pd(args={"decode-policy": "random"}))

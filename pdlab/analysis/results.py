@@ -133,8 +133,10 @@ def load_run(path: Path | str) -> Run:
     else:
         slo = params.get("slo") or {}
         arm = run_arm(params)
+        share = (params.get("workload") or {}).get("max_failed_share")
         summary = summarize(req, slo_ttft_ms=slo.get("ttft_ms"), slo_tpot_ms=slo.get("tpot_ms"),
-                            gpus=arm.gpus if arm else None) if len(req) else pd.DataFrame()
+                            gpus=arm.gpus if arm else None,
+                            **({"max_failed_share": share} if share is not None else {})) if len(req) else pd.DataFrame()
         meta = {"complete": False}
     return Run(p, params, summary, req, server, _read_json(p / PROVENANCE) or {}, meta, incomplete)
 

@@ -1,4 +1,5 @@
-"""The per-level summary table `pdlab run` prints (latencies in ms; '!' marks a client-bound level)."""
+"""The per-level summary table `pdlab run` prints (latencies in ms; '!' marks a client-bound level, '✗' a failed
+one, followed by its top errors)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pdlab.analysis.results import load_run
@@ -50,12 +52,20 @@ def format_summary(run: Path | str | pd.DataFrame) -> str:
         cells = [_fmt(r.get(c), f) for _, c, f in _TABLE]
         if bool(r.get("client_bound")):
             cells[-1] += "!"
+        if _is_true(r.get("level_failed")):
+            cells[2] += "✗"
         rows.append(cells)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     notes = [f"! level {r['level_value']:g}: client-bound ({r.get('client_bound_reason')}); these latencies "
              "measure the load generator" for _, r in df.iterrows() if bool(r.get("client_bound"))]
+    for _, r in df.iterrows():
+        if _is_true(r.get("level_failed")):
+            notes.append(f"✗ level {r['level_value']:g} FAILED: {_fmt(r.get('failed'), '{:d}')} of "
+                         f"{_fmt(r.get('requests'), '{:d}')} requests failed ({_fmt(r.get('failed_share'), '{:.0%}')}); "
+                         "top errors:")
+            notes += [f"    {e.get('count')} × {e.get('error')}" for e in (r.get("top_errors") or [])]
     if hits:
         notes.append(cache_hit_line(hits))
     return head + "\n".join(lines + notes)
@@ -64,6 +74,10 @@ def format_summary(run: Path | str | pd.DataFrame) -> str:
 def cache_hit_line(hits: dict[str, float]) -> str:
     """One line with the prefix-cache hit rate per role (cached ÷ prompt tokens over the run)."""
     return "prefix cache hit (cached ÷ prompt tokens): " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(hits.items()))
+
+
+def _is_true(v: Any) -> bool:
+    return isinstance(v, bool | np.bool_) and bool(v)
 
 
 def print_summary(run_dir: Path | str) -> None:

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 LAG_P99_LIMIT_MS = 10.0
+MAX_FAILED_SHARE = 0.1  # default share of failed requests above which a level is marked failed
+TOP_ERRORS = 3
 ACHIEVED_RATE_MIN = 0.95
 PERCENTILES = (50, 90, 95, 99)
 
@@ -94,8 +96,8 @@ def request_latencies(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize_level(df: pd.DataFrame, *, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None,
-                    gpus: int | None = None, level_kind: str | None = None,
-                    level_value: float | None = None) -> dict[str, Any]:
+                    gpus: int | None = None, level_kind: str | None = None, level_value: float | None = None,
+                    max_failed_share: float = MAX_FAILED_SHARE) -> dict[str, Any]:
     """The summary figures of one level's records (all rows of one level, warm-up rows included)."""
     level_kind = level_kind or (str(df["level_kind"].iloc[0]) if len(df) else "rate")
     level_value = float(level_value if level_value is not None else (df["level_value"].iloc[0] if len(df) else 0))
@@ -137,7 +139,26 @@ def summarize_level(df: pd.DataFrame, *, slo_ttft_ms: float | None = None, slo_t
     s.update(client_health(d, level_kind))
     errs = meas.loc[~meas["ok"].astype(bool), "error"]
     s["top_error"] = str(errs.value_counts().index[0]) if len(errs) else ""
+    s.update(failure(len(meas), errs, max_failed_share))
     return s
+
+
+def top_errors(errors: pd.Series, n: int = TOP_ERRORS) -> list[dict[str, Any]]:
+    """The `n` most frequent errors with counts; numbers are masked so 'total of 45954 tokens' groups with its kin."""
+    if not len(errors):
+        return []
+    text = errors.fillna("").astype(str)
+    keys = text.str.replace(r"\d+", "N", regex=True).str.slice(0, 200)
+    counts = keys.value_counts().head(n)
+    first = text.groupby(keys).first()
+    return [{"error": str(first[k])[:300], "count": int(c)} for k, c in counts.items()]
+
+
+def failure(requests: int, errors: pd.Series, max_failed_share: float) -> dict[str, Any]:
+    """failed_share, level_failed (share above `max_failed_share`, or nothing measured) and top_errors of a level."""
+    share = len(errors) / requests if requests else math.nan
+    failed = not requests or share > max_failed_share
+    return {"failed_share": share, "level_failed": bool(failed), "top_errors": top_errors(errors)}
 
 
 def client_health(d: pd.DataFrame, level_kind: str) -> dict[str, Any]:
@@ -168,12 +189,13 @@ def client_health(d: pd.DataFrame, level_kind: str) -> dict[str, Any]:
 
 
 def summarize(records: pd.DataFrame, *, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None,
-              gpus: int | None = None) -> pd.DataFrame:
+              gpus: int | None = None, max_failed_share: float = MAX_FAILED_SHARE) -> pd.DataFrame:
     """One summary row per level (ordered by level index) from a run's request records."""
     rows = []
     for level, df in records.groupby("level", sort=True):
         row = {"level": int(level)}
-        row.update(summarize_level(df, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, gpus=gpus))
+        row.update(summarize_level(df, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, gpus=gpus,
+                                   max_failed_share=max_failed_share))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,13 +32,13 @@ def deploy_and_hold(exp: Experiment, *, out: Callable[[str], Any] = print, run_d
     (or a process dies) and tear everything down."""
     backend = backend or get_backend(exp)
     out(f"deploying {exp.name} ({build(exp).label}) on the {backend.name} backend…")
-    with backend.deploy(exp, run_dir=run_dir) as dep:
+    with _stop_signals(), backend.deploy(exp, run_dir=run_dir) as dep:
         out(f"router: {dep.router_url}")
         out(dep.describe())
         for line in dep.notes():
             out(line)
         out("try:\n  " + example_curl(dep.router_url, exp.model.name))
-        out("Ctrl-C to stop and tear down.")
+        out("Ctrl-C (SIGINT) or SIGTERM to stop and tear down.")
         try:
             while True:
                 time.sleep(0.5)
@@ -43,3 +46,22 @@ def deploy_and_hold(exp: Experiment, *, out: Callable[[str], Any] = print, run_d
         except KeyboardInterrupt:
             out("stopping…")
     out("torn down.")
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Any:
+    """SIGINT and SIGTERM both stop `pdlab deploy` (KeyboardInterrupt), also where SIGINT was ignored: a shell
+    starts background jobs (`pdlab deploy … &`) with SIGINT ignored, and Python then installs no handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

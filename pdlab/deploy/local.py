@@ -11,6 +11,7 @@ what a crashed kernel left behind — matching pid, start time and command line,
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import json
 import os
@@ -18,8 +19,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,6 +152,30 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 # --------------------------------------------------------------------------- state files
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get `sig` when pdlab dies, even by SIGKILL (Linux PR_SET_PDEATHSIG).
+
+    Without it, workers and the router of a killed `pdlab` run on until `pdlab cleanup`. The signal fires when the
+    *thread* that started the child ends, so deployments are started from the main thread (as the CLI, notebooks
+    and sweeps do). Elsewhere (no prctl) it returns None and `pdlab cleanup` stays the way out."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child must not load libraries
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # pdlab died before prctl took effect
+            os._exit(1)
+    return preexec
 
 
 def state_dir() -> Path:
@@ -422,7 +449,7 @@ class LocalDeployment(Deployment):
             try:
                 proc.popen = subprocess.Popen(proc.cmd, stdout=log, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL, start_new_session=True,
-                                              cwd=self.run_dir, env=env)
+                                              cwd=self.run_dir, env=env, preexec_fn=die_with_parent())
             except OSError as e:
                 raise DeployError(f"{proc.name}: cannot start {proc.cmd[0]}: {e.strerror}") from None
         proc.start_time = proc_start_time(proc.popen.pid)

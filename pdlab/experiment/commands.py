@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from pdlab.experiment.flags import WORKER_FLAGS
+
 if TYPE_CHECKING:
     from pdlab.experiment.spec import Experiment
     from pdlab.experiment.topology import Role
@@ -57,8 +59,7 @@ def worker_args(exp: Experiment, role: Role, *, host: str, port: int,
     return args + flag_args(extra)
 
 
-# flags pdlab sets itself; a user arg with these names would conflict (the spec rejects them)
-_RESERVED = {"model-path", "tp", "tp-size", "port", "host", "disaggregation-mode", "disaggregation-bootstrap-port"}
+_RESERVED = set(WORKER_FLAGS)  # the spec refuses these in engine args (pdlab.experiment.flags)
 RESERVED_FLAGS = frozenset(_RESERVED)
 
 

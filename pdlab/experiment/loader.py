@@ -12,6 +12,7 @@ from pdlab.core.errors import SpecError
 from pdlab.experiment.spec import (
     Experiment,
     apply_overrides,
+    check_context,
     format_validation_error,
     is_sweep_doc,
     read_yaml,
@@ -24,6 +25,7 @@ def experiment_from_dict(doc: dict, *, source: str | None = None) -> Experiment:
     try:
         exp = Experiment.model_validate(doc)
         check_feasible(exp)
+        check_context(exp)
         return exp
     except ValidationError as e:
         raise format_validation_error(e, Experiment, source) from None
@@ -37,7 +39,8 @@ def load_experiment(path: str | Path, overrides: list[str] | dict[str, Any] | No
     """Load a params file, apply --set overrides, validate. Errors name the file and the field."""
     doc = read_yaml(path)
     if is_sweep_doc(doc):
-        raise SpecError("this is a sweep file (it has grid/baselines/base); use `pdlab sweep`", file=str(path))
+        raise SpecError("this is a sweep file (it has sweep/grid/baselines/base); use `pdlab sweep` "
+                        "(or `pdlab validate` to list its points)", file=str(path))
     doc = apply_overrides(doc, overrides)
     source = str(path) + (" (with --set " + ", ".join(overrides) + ")" if isinstance(overrides, list) and overrides else "")
     return experiment_from_dict(doc, source=source)

@@ -17,14 +17,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pdlab.core.errors import SpecError, did_you_mean
 from pdlab.experiment import profiles
+from pdlab.experiment.flags import ROUTER_FLAGS, WORKER_FLAGS, reserved_flag_error
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 RATIO = re.compile(r"^(\d+)P(\d+)D$", re.IGNORECASE)
+LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                       r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 SECRET_KEY = re.compile(r"(secret|token|password|passwd|access[_-]?key|credential)", re.IGNORECASE)
 
 
+# Upper bounds: beyond them a value is a typo or a unit mix-up, not an experiment (see issue 16's note).
+MAX_RATE = 10_000.0  # req/s: one load client process dispatches a few thousand req/s at most
+MAX_INFLIGHT = 65_536  # one connection per in-flight request: a host's ephemeral port range
+MAX_SECONDS = 86_400.0  # a day: per level, per request, per readiness wait
+MAX_PROMPTS = 10_000_000
+MAX_TOKENS = 10_000_000  # the longest context of any served model, with room to spare
+MAX_SLO_MS = 3_600_000.0  # an hour
+MAX_INSTANCES = 4096
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _dns_name(value: str, what: str = "name", max_len: int = 63) -> str:
@@ -68,7 +82,7 @@ class GPUSpec(_Strict):
 
     type: str = "L20"
     per_node: int = Field(8, ge=1, le=64)
-    nodes: int = Field(1, ge=1, description="nodes available to the experiment (the GPU budget)")
+    nodes: int = Field(1, ge=1, le=MAX_INSTANCES, description="nodes available to the experiment (the GPU budget)")
     erdma: bool = True
 
     @field_validator("type")
@@ -103,15 +117,15 @@ class FaultSpec(_Strict):
 class RoleSpec(_Strict):
     """One worker role: how many instances, at which TP, with which extra engine args."""
 
-    replicas: int = Field(1, ge=1)
-    tp: int = Field(2, ge=1)
+    replicas: int = Field(1, ge=1, le=MAX_INSTANCES)
+    tp: int = Field(2, ge=1, le=64)
     args: EngineArgs = Field(default_factory=dict, description="extra engine args, e.g. {chunked-prefill-size: 8192}")
     faults: FaultSpec | None = Field(None, description="injected faults (emulated workers only)")
 
     @field_validator("args")
     @classmethod
     def _norm_args(cls, v: EngineArgs) -> EngineArgs:
-        return normalize_args(v)
+        return normalize_args(v, WORKER_FLAGS)
 
 
 ROUTER_POLICIES = ("cache_aware", "round_robin", "power_of_two", "random")
@@ -143,7 +157,7 @@ class RouterSpec(_Strict):
     @field_validator("args")
     @classmethod
     def _norm_args(cls, v: EngineArgs) -> EngineArgs:
-        return normalize_args(v)
+        return normalize_args(v, ROUTER_FLAGS)
 
 
 class PDTopology(_Strict):
@@ -243,16 +257,18 @@ class DatasetSpec(_Strict):
 
     kind: Literal["random", "sharegpt", "shared-prefix", "generated-shared-prefix", "multi-turn", "mooncake-trace",
                   "jsonl"] = "random"
-    input_len: int = Field(1024, ge=1)
-    output_len: int = Field(256, ge=1)
+    input_len: int = Field(1024, ge=1, le=MAX_TOKENS)
+    output_len: int = Field(256, ge=1, le=MAX_TOKENS)
     range_ratio: float = Field(0.0, ge=0.0, le=1.0, description="lengths uniform in [len*(1-r), len*(1+r)]")
     path: str | None = Field(None, description="JSONL file for kind=jsonl or mooncake-trace")
-    fixed_output_len: int | None = Field(None, ge=1, description="sharegpt: override output lengths")
-    num_groups: int = Field(8, ge=1, description="shared-prefix: number of system prompts")
-    prefix_len: int = Field(2048, ge=0, description="shared-prefix, multi-turn: system prompt tokens (multi-turn: 0 = none)")
-    prompts_per_group: int = Field(16, ge=1, description="generated-shared-prefix: questions per system prompt")
-    num_turns: int = Field(4, ge=1, description="multi-turn: turns per session (± range_ratio)")
-    think_time_s: float = Field(1.0, ge=0.0, description="multi-turn: mean user think time between turns")
+    fixed_output_len: int | None = Field(None, ge=1, le=MAX_TOKENS, description="sharegpt: override output lengths")
+    num_groups: int = Field(8, ge=1, le=MAX_PROMPTS, description="shared-prefix: number of system prompts")
+    prefix_len: int = Field(2048, ge=0, le=MAX_TOKENS,
+                            description="shared-prefix, multi-turn: system prompt tokens (multi-turn: 0 = none)")
+    prompts_per_group: int = Field(16, ge=1, le=MAX_PROMPTS,
+                                   description="generated-shared-prefix: questions per system prompt")
+    num_turns: int = Field(4, ge=1, le=999, description="multi-turn: turns per session (± range_ratio)")
+    think_time_s: float = Field(1.0, ge=0.0, le=MAX_SECONDS, description="multi-turn: mean user think time between turns")
 
     @model_validator(mode="after")
     def _path_for_jsonl(self) -> DatasetSpec:
@@ -271,17 +287,21 @@ class WorkloadSpec(_Strict):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     api: Literal["chat", "completions", "generate"] = "chat"
     arrival: Literal["poisson", "gamma", "constant"] = "poisson"
-    burstiness: float = Field(1.0, gt=0, description="gamma shape; 1.0 = Poisson, < 1 burstier")
+    burstiness: float = Field(1.0, gt=0, le=1000, description="gamma shape; 1.0 = Poisson, < 1 burstier")
     rates: list[float] | None = Field(default_factory=lambda: [1.0, 2.0, 4.0], description="requests/s, open loop")
     concurrencies: list[int] | None = Field(None, description="closed loop: in-flight requests held constant")
-    duration_s: float | None = Field(60.0, gt=0)
-    num_prompts: int | None = Field(None, ge=1)
-    warmup: int = Field(2, ge=0, description="requests at the start of each level left out of statistics")
-    max_inflight: int = Field(2048, ge=1)
+    duration_s: float | None = Field(60.0, gt=0, le=MAX_SECONDS)
+    num_prompts: int | None = Field(None, ge=1, le=MAX_PROMPTS)
+    warmup: int = Field(2, ge=0, le=MAX_PROMPTS, description="requests at the start of each level left out of statistics")
+    max_inflight: int = Field(2048, ge=1, le=MAX_INFLIGHT)
     ignore_eos: bool = Field(True, description="true: every request generates max_tokens; false: the server may "
                              "stop at EOS, max_tokens being the dataset's own output length (ShareGPT's completion)")
-    timeout_s: float = Field(600.0, gt=0)
-    seed: int = 0
+    timeout_s: float = Field(600.0, gt=0, le=MAX_SECONDS)
+    seed: int = Field(0, ge=0, lt=2**63)
+    max_failed_share: float = Field(0.1, ge=0, le=1, description="a level with a larger share of failed requests "
+                                    "is marked failed (and `pdlab run` exits 3)")
+    drain_s: float | None = Field(None, gt=0, le=MAX_SECONDS, description="after a level's duration, wait this long "
+                                  "for in-flight requests before cancelling them (default: timeout_s)")
 
     @field_validator("rates")
     @classmethod
@@ -292,6 +312,10 @@ class WorkloadSpec(_Strict):
             bad = [r for r in v if r <= 0]
             if bad:
                 raise ValueError(f"request rates must be > 0 (got {bad}); for a closed loop use 'concurrencies'")
+            big = [r for r in v if r > MAX_RATE]
+            if big:
+                raise ValueError(f"request rates must be ≤ {MAX_RATE:g} req/s (got {big}): one load client cannot "
+                                 "send faster, so such a level would measure the client")
         return v
 
     @field_validator("concurrencies")
@@ -299,6 +323,8 @@ class WorkloadSpec(_Strict):
     def _positive_conc(cls, v: list[int] | None) -> list[int] | None:
         if v is not None and (not v or any(c < 1 for c in v)):
             raise ValueError("concurrencies must be a non-empty list of integers ≥ 1")
+        if v is not None and any(c > MAX_INFLIGHT for c in v):
+            raise ValueError(f"concurrencies must be ≤ {MAX_INFLIGHT} (one connection each; got {max(v)})")
         return v
 
     @model_validator(mode="before")
@@ -331,16 +357,16 @@ class WorkloadSpec(_Strict):
 class SLOSpec(_Strict):
     """Service-level objectives for goodput."""
 
-    ttft_ms: float = Field(2000.0, gt=0)
-    tpot_ms: float = Field(100.0, gt=0)
+    ttft_ms: float = Field(2000.0, gt=0, le=MAX_SLO_MS)
+    tpot_ms: float = Field(100.0, gt=0, le=MAX_SLO_MS)
 
 
 class EmulatorSpec(_Strict):
     """Settings of the emulated worker (local backend, fake cluster)."""
 
     link: str = "erdma"
-    step_overhead_ms: float | None = Field(None, ge=0)
-    time_scale: float = Field(1.0, gt=0, description="multiply modelled durations (CI uses < 1)")
+    step_overhead_ms: float | None = Field(None, ge=0, le=60_000)
+    time_scale: float = Field(1.0, gt=0, le=1000, description="multiply modelled durations (CI uses < 1)")
 
     @field_validator("link")
     @classmethod
@@ -359,8 +385,8 @@ class K8sSpec(_Strict):
     access: Literal["port-forward", "service-dns", "url"] = "port-forward"
     url: str | None = Field(None, description="router URL when access=url")
     api_version: Literal["v1alpha1", "v1alpha2"] = "v1alpha1"
-    ready_timeout_s: float = Field(1800.0, gt=0)
-    fail_fast_s: float = Field(60.0, gt=0, description="give up on a pod unschedulable, failing to pull or "
+    ready_timeout_s: float = Field(1800.0, gt=0, le=MAX_SECONDS)
+    fail_fast_s: float = Field(60.0, gt=0, le=MAX_SECONDS, description="give up on a pod unschedulable, failing to pull or "
                                "crash-looping this long (instead of waiting for ready_timeout_s)")
     preflight: bool = True
 
@@ -376,7 +402,7 @@ class BackendSpec(_Strict):
 
     kind: Literal["local", "k8s"] = "local"
     engine: Literal["emulator", "sglang"] = "emulator"
-    ready_timeout_s: float = Field(120.0, gt=0)
+    ready_timeout_s: float = Field(120.0, gt=0, le=MAX_SECONDS)
     k8s: K8sSpec = Field(default_factory=K8sSpec)
 
 
@@ -413,10 +439,25 @@ class Experiment(_Strict):
     def _ns(cls, v: str) -> str:
         return _dns_name(v, "namespace")
 
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if key.split("/")[0].endswith("pdlab.io"):
+                raise ValueError(f"label '{key}' is pdlab's own (teardown and cleanup find objects by it); "
+                                 "use another key")
+            if not LABEL_KEY.fullmatch(key) or len(key.rsplit("/", 1)[-1]) > 63:
+                raise ValueError(f"label key '{key}' is not a Kubernetes label key: an optional DNS prefix and '/', "
+                                 "then at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric")
+            if not LABEL_VALUE.fullmatch(value) or len(value) > 63:
+                raise ValueError(f"label '{key}': value '{value}' is not a Kubernetes label value: at most 63 "
+                                 "letters, digits, '-', '_' or '.', starting and ending alphanumeric")
+        return v
+
     @field_validator("engine_args")
     @classmethod
     def _norm_args(cls, v: EngineArgs) -> EngineArgs:
-        return normalize_args(v)
+        return normalize_args(v, WORKER_FLAGS)
 
     @model_validator(mode="after")
     def _version_gates_flags(self) -> Experiment:
@@ -449,8 +490,40 @@ def version_tuple(v: str | None) -> tuple[int, ...] | None:
     return tuple(int(x or 0) for x in m.groups()) if m else None
 
 
-def normalize_args(args: EngineArgs) -> EngineArgs:
-    """Engine args keyed without leading dashes, '_' → '-', so `--mem-fraction-static` and `mem_fraction_static` match."""
+def _longest(base: int, ratio: float) -> int:
+    """The longest length `sample_length` can draw around `base` (the load generator's own upper end)."""
+    return base if ratio <= 0 else max(1, int(round(base * (1 + ratio))))
+
+
+def check_context(exp: Experiment) -> None:
+    """Refuse prompt + output lengths the model's context cannot hold (every such request would fail HTTP 400)."""
+    d = exp.workload.dataset
+    try:
+        context = exp.model.architecture().max_position_embeddings
+    except SpecError as e:
+        if exp.model.config:  # the user named a config.json that cannot be used: say so now
+            raise SpecError(f"{e}", field="model.config") from None
+        return  # a model without a built-in profile (real SGLang reads its own config): no context to check
+    if d.kind in ("random", "shared-prefix"):
+        prefix = d.prefix_len if d.kind == "shared-prefix" else 0
+        n_in, n_out = prefix + _longest(d.input_len, d.range_ratio), _longest(d.output_len, d.range_ratio)
+        what = (f"{'prefix_len ' + str(prefix) + ' + ' if prefix else ''}input up to {n_in - prefix} + output up to "
+                f"{n_out}")
+        field = "workload.dataset.output_len" if n_out >= n_in else "workload.dataset.input_len"
+    elif d.fixed_output_len is not None:
+        n_in, n_out, what, field = 0, d.fixed_output_len, f"fixed_output_len {d.fixed_output_len}", \
+            "workload.dataset.fixed_output_len"
+    else:
+        return  # file datasets: lengths are known only when the file is read
+    if n_in + n_out > context:
+        raise SpecError(f"{what} = {n_in + n_out} tokens exceeds {exp.model.name}'s context of {context} tokens "
+                        "(range_ratio included); every such request would fail; lower the lengths or range_ratio",
+                        field=field)
+
+
+def normalize_args(args: EngineArgs, reserved: dict[str, str | None] | None = None) -> EngineArgs:
+    """Engine args keyed without leading dashes, '_' → '-', so `--mem-fraction-static` and `mem_fraction_static` match;
+    flags in `reserved` (those pdlab sets itself) are refused rather than silently dropped."""
     out: EngineArgs = {}
     for key, value in args.items():
         k = str(key).lstrip("-").replace("_", "-")
@@ -458,6 +531,11 @@ def normalize_args(args: EngineArgs) -> EngineArgs:
             raise ValueError(f"engine arg '{key}' is not a flag name (expected e.g. 'chunked-prefill-size')")
         if isinstance(value, dict):
             raise ValueError(f"engine arg '{key}' must be a scalar or a list, not a mapping")
+        if k in out:
+            raise ValueError(f"engine arg '{key}' is given twice (as '{k}'); keep one")
+        clash = reserved_flag_error(k, reserved or {})
+        if clash:
+            raise ValueError(clash)
         out[k] = value
     return out
 
@@ -477,13 +555,16 @@ def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, turning I/O and syntax problems into SpecErrors naming the file."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError("file not found; check the path", file=str(p)) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8 YAML",
+                        file=str(p)) from None
     except OSError as e:
-        raise SpecError(f"cannot read: {e.strerror}", file=str(p)) from None
+        raise SpecError(f"cannot read: {e.strerror or e}; check the path", file=str(p)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -494,6 +575,28 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise SpecError(f"expected a mapping of fields at the top level, got {type(data).__name__}", file=str(p))
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            dup = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: let the constructor report it
+            continue
+        if dup:
+            raise yaml.constructor.ConstructorError(None, None, f"field {key!r} is given twice; keep one",
+                                                    key_node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -598,10 +701,6 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], file: 
     if len(lines) == 1:
         return SpecError(lines[0].split(": ", 1)[1], file=file, field=first_field)
     return SpecError("invalid params:\n  " + "\n  ".join(lines), file=file)
-
-
-
-
 
 
 def resolved(exp: Experiment) -> dict:

@@ -31,6 +31,7 @@ from pdlab.experiment.spec import (
     Experiment,
     apply_overrides,
     format_validation_error,
+    is_sweep_doc,
     parse_override,
     read_yaml,
 )
@@ -115,6 +116,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and expand a sweep file; every point validated (SpecError naming the point and field)."""
     p = Path(path)
     raw = read_yaml(p)
+    if not is_sweep_doc(raw) and set(raw) & set(Experiment.model_fields):
+        raise SpecError("this is a params file (one experiment, no 'sweep:'); use `pdlab run` (or `pdlab validate`)",
+                        file=str(p))
     try:
         doc = SweepFile.model_validate(raw)
     except ValidationError as e:

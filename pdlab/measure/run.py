@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pdlab.experiment.spec import Experiment
 
 SCRAPE_INTERVAL_S = 5.0
+EXIT_LEVEL_FAILED = 3  # `pdlab run`'s exit code when a level is marked failed (2 is bad input, 130 Ctrl-C)
 
 
 def default_run_name(exp: Experiment) -> str:
@@ -48,7 +49,7 @@ def level_plans(exp: Experiment) -> list[LevelPlan]:
         plan = LevelPlan(index=i, kind=kind, value=value, arrival=w.arrival,
                          burstiness=w.burstiness if w.arrival == "gamma" else 1.0, duration_s=w.duration_s,
                          num_prompts=w.num_prompts, warmup=w.warmup, max_inflight=w.max_inflight, seed=w.seed,
-                         first_prompt=first)
+                         first_prompt=first, drain_s=w.drain_s or w.timeout_s)
         n = plan.expected_requests()
         first += n if n else 100_000
         plans.append(plan)
@@ -123,12 +124,17 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
     backend_info = {"kind": exp.backend.kind, "engine": exp.backend.engine,
                     "deployment": "external" if deployment is not None else "pdlab"}
     t0, t0_unix = time.perf_counter(), time.time()
-    writer.begin(resolved(exp), backend=backend_info, extra={"t0_unix": t0_unix, "run": run_name,
-                                                            "sweep": sweep or exp.name})
+    try:
+        writer.begin(resolved(exp), backend=backend_info, extra={"t0_unix": t0_unix, "run": run_name,
+                                                                "sweep": sweep or exp.name})
+    except OSError as e:  # before anything is deployed: nothing to tear down
+        raise PdlabError(f"results directory: cannot write the run directory {run_dir} ({e.strerror or e}); "
+                         "give --results a writable directory") from None
     sink = writer.record_sink()
     scraper: Scraper | None = None
     dep: Deployment | None = deployment
     done_levels: list[int] = []
+    level_stats: dict[int, LevelStats] = {}
     stack = contextlib.ExitStack()
     with stack, _Progress(progress) as prog:
         try:
@@ -146,10 +152,10 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
             for plan in plans:
                 unit = "req/s" if plan.kind == "rate" else "concurrent"
                 desc = f"level {plan.index + 1}/{len(plans)}: {plan.value:g} {unit}"
-                run_level_sync(dep.router_url, dataset, plan, sink, t0=t0, api=exp.workload.api,
-                               model=exp.model.name, timeout_s=exp.workload.timeout_s,
-                               on_tick=prog.level(desc, plan.expected_requests()),
-                               client_kwargs={"ignore_eos": exp.workload.ignore_eos})
+                level_stats[plan.index] = run_level_sync(
+                    dep.router_url, dataset, plan, sink, t0=t0, api=exp.workload.api, model=exp.model.name,
+                    timeout_s=exp.workload.timeout_s, on_tick=prog.level(desc, plan.expected_requests()),
+                    client_kwargs={"ignore_eos": exp.workload.ignore_eos})
                 done_levels.append(plan.index)
             scraper.stop()
             frame = scraper.frame()
@@ -157,7 +163,8 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
             n = writer.write_requests(sink)
             writer.write_logs(_collect_logs(dep))
             summary = summarize(sink.table().to_pandas(), slo_ttft_ms=exp.slo.ttft_ms, slo_tpot_ms=exp.slo.tpot_ms,
-                                gpus=topo.gpus)
+                                gpus=topo.gpus, max_failed_share=exp.workload.max_failed_share)
+            summary = with_level_stats(summary, level_stats, plans)
             sink.close()
             writer.finish({**_summary_doc(exp, run_name, sweep, t0_unix, summary, n),
                            "cache_hit_rate": cache_hit_by_role(frame)})
@@ -168,6 +175,34 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
     return run_dir
 
 
+def with_level_stats(summary: pd.DataFrame, stats: dict[int, LevelStats], plans: list[LevelPlan]) -> pd.DataFrame:
+    """Add each level's not_sent / drain_cancelled counts; a level that could not send its schedule is client-bound."""
+    out = summary.copy()
+    if out.empty:
+        return out
+    out["not_sent"] = [stats[i].not_sent if i in stats else 0 for i in out["level"]]
+    out["drain_cancelled"] = [stats[i].drain_cancelled if i in stats else 0 for i in out["level"]]
+    by_index = {p.index: p for p in plans}
+    for row, i in enumerate(out["level"]):
+        st = stats.get(i)
+        if st is None or not st.not_sent:
+            continue
+        plan = by_index.get(i)
+        note = (f"{st.not_sent} of {st.sent + st.not_sent} scheduled requests not sent by the level's end "
+                f"({plan.duration_s if plan and plan.duration_s else plan.span_s() if plan else 0:g} s + grace)")
+        reason = out.at[row, "client_bound_reason"] if "client_bound_reason" in out else ""
+        out.at[row, "client_bound"] = True
+        out.at[row, "client_bound_reason"] = f"{reason}; {note}" if reason else note
+    return out
+
+
+def failed_levels(summary: pd.DataFrame) -> list[int]:
+    """Indices of the levels marked failed (too large a share of failed requests)."""
+    if summary.empty or "level_failed" not in summary:
+        return []
+    return [int(i) for i, f in zip(summary["level"], summary["level_failed"], strict=True) if bool(f)]
+
+
 def _summary_doc(exp: Experiment, run_name: str, sweep: str | None, t0_unix: float, summary: pd.DataFrame,
                  n: int) -> dict[str, Any]:
     topo = build(exp)
@@ -176,7 +211,8 @@ def _summary_doc(exp: Experiment, run_name: str, sweep: str | None, t0_unix: flo
             "topology": {"kind": topo.kind, "label": topo.label, "ratio": exp.topology.label, "gpus": topo.gpus,
                          "roles": topo.describe()},
             "gpu_type": exp.gpu.type, "model": exp.model.name, "slo": exp.slo.model_dump(), "t0_unix": t0_unix,
-            "requests": n, "levels": summary.to_dict("records")}
+            "requests": n, "max_failed_share": exp.workload.max_failed_share,
+            "failed_levels": failed_levels(summary), "levels": summary.to_dict("records")}
 
 
 def _save_partial(writer: RunWriter, sink: RecordSink, scraper: Scraper | None, dep: Deployment | None,

@@ -125,11 +125,17 @@ def model_from_config(path: str | Path, name: str | None = None) -> ModelProfile
     """A model profile read from a Hugging Face config.json."""
     p = Path(path)
     try:
-        cfg = json.loads(p.read_text())
+        cfg = json.loads(p.read_text(encoding="utf-8"))
     except OSError as e:
-        raise SpecError(f"cannot read model config: {e.strerror}", file=str(p)) from None
+        raise SpecError(f"cannot read model config: {e.strerror or e}; check model.config", file=str(p)) from None
+    except UnicodeDecodeError:
+        raise SpecError("model config is not UTF-8 text; point model.config at a config.json", file=str(p)) from None
     except json.JSONDecodeError as e:
         raise SpecError(f"not valid JSON: {e}", file=str(p)) from None
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, 1), int) and not isinstance(cfg.get(k, 1), bool)
+                                            for k in ("hidden_size", "num_attention_heads")):
+        raise SpecError("not a transformer config.json (expected a JSON object with integer hidden_size and "
+                        "num_attention_heads)", file=str(p))
     cfg.setdefault("head_dim", cfg.get("hidden_size", 0) // max(cfg.get("num_attention_heads", 1), 1))
     cfg.setdefault("num_key_value_heads", cfg.get("num_attention_heads"))
     try:

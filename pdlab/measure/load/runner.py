@@ -35,6 +35,9 @@ from pdlab.measure.load.datasets import Dataset
 SHED_LAG_S = 0.05  # dispatcher this late → cap in-flight at SHED_FACTOR × the on-schedule peak
 SHED_FACTOR = 2
 SHED_MIN_INFLIGHT = 64  # floor of that cap: below it a saturated client idles between completions
+DISPATCH_GRACE_S = 1.0  # a scheduled request not sent by the level's end + max(this, share × span) is not sent
+DISPATCH_GRACE_SHARE = 0.05
+DRAIN_CANCELLED = "not finished within the drain after the level's duration"
 _REC_FIELDS = [f.name for f in fields(RequestRecord)]
 
 
@@ -53,6 +56,20 @@ class LevelPlan:
     max_inflight: int = 2048
     seed: int = 0
     first_prompt: int = 0
+    drain_s: float = 600.0
+
+    def span_s(self) -> float | None:
+        """How long the level's schedule lasts (s): its duration, or num_prompts at the rate (open loop)."""
+        if self.duration_s:
+            return self.duration_s
+        if self.kind == "rate" and self.num_prompts:
+            return (self.num_prompts + self.warmup) / self.value
+        return None
+
+    def dispatch_deadline_s(self) -> float | None:
+        """Offset after which no scheduled request is sent any more (None: unbounded closed loop by count)."""
+        span = self.span_s()
+        return None if span is None else span + max(DISPATCH_GRACE_S, DISPATCH_GRACE_SHARE * span)
 
     def expected_requests(self) -> int:
         """Requests this level will send (an estimate for duration-bounded open loops)."""
@@ -74,6 +91,8 @@ class LevelStats:
     expected: int = 0
     started: float = 0.0
     finished: float = 0.0
+    not_sent: int = 0  # scheduled, but the client could not send them before the dispatch deadline
+    drain_cancelled: int = 0  # in flight when the drain ran out, cancelled (recorded as failed)
 
 
 class RecordSink:
@@ -222,12 +241,15 @@ async def run_level(client: LoadClient, dataset: Dataset, plan: LevelPlan, sink:
 
     start = perf() + start_delay_s
     stats.started = start - t0
+    bound = plan.dispatch_deadline_s()
+    deadline = start + bound if bound is not None else math.inf
     try:
         if plan.kind == "rate":
             slot = asyncio.Semaphore(plan.max_inflight)
             freed = asyncio.Event()
             healthy = 0  # most requests in flight while the dispatcher was on schedule
-            for k, off in enumerate(level_offsets(dataset, plan, count)):
+            times = level_offsets(dataset, plan, count)
+            for k, off in enumerate(times):
                 if stop is not None and stop.is_set():
                     break
                 target = start + off
@@ -238,12 +260,15 @@ async def run_level(client: LoadClient, dataset: Dataset, plan: LevelPlan, sink:
                     # behind schedule: the client is the bottleneck. Hold in-flight near what it sustained on
                     # schedule instead of piling up requests (which makes every request slower: collapse).
                     cap = max(SHED_MIN_INFLIGHT, SHED_FACTOR * healthy)
-                    while stats.inflight >= cap:
+                    while stats.inflight >= cap and perf() < deadline:
                         freed.clear()
-                        await freed.wait()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(freed.wait(), deadline - perf())
                 if -delay < 0.005:
                     healthy = max(healthy, stats.inflight)
-                await slot.acquire()  # returns without yielding while a slot is free
+                if perf() >= deadline or not await _acquire(slot, deadline - perf()):
+                    stats.not_sent = 1 + sum(1 for _ in times)  # this one and every later one: not sent
+                    break
                 t = asyncio.get_running_loop().create_task(one(k, target, slot))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
@@ -263,7 +288,13 @@ async def run_level(client: LoadClient, dataset: Dataset, plan: LevelPlan, sink:
             ws = [asyncio.get_running_loop().create_task(worker()) for _ in range(min(conc, plan.max_inflight))]
             tasks.update(ws)
         if tasks:
-            await asyncio.gather(*tasks)
+            span = plan.span_s()  # None: a closed loop bounded by count only, which ends by itself
+            drain_end = None if span is None else max(perf(), start + span) + plan.drain_s
+            stats.drain_cancelled = await _drain(tasks, None if drain_end is None else drain_end - perf())
+            for rec in client.cancelled:
+                rec.error = f"{DRAIN_CANCELLED} ({plan.drain_s:g} s)"
+                on_record(rec)
+            client.cancelled.clear()
     except BaseException:
         for t in list(tasks):
             t.cancel()
@@ -289,6 +320,33 @@ def level_offsets(dataset: Dataset, plan: LevelPlan, count: int | None) -> Itera
         if (count is not None and k >= count) or (plan.duration_s is not None and off >= plan.duration_s):
             return
         yield off
+
+
+async def _acquire(slot: asyncio.Semaphore, timeout: float) -> bool:
+    """Take an in-flight slot within `timeout` seconds (False if none freed up in time)."""
+    if not slot.locked():
+        await slot.acquire()  # returns without yielding while a slot is free
+        return True
+    try:
+        await asyncio.wait_for(slot.acquire(), max(0.0, timeout))
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _drain(tasks: set[asyncio.Task], timeout: float | None) -> int:
+    """Wait for the level's requests up to `timeout` s, cancel the rest; returns how many were cancelled.
+
+    An exception of a finished task is re-raised, as `asyncio.gather` would."""
+    done, pending = await asyncio.wait(set(tasks), timeout=None if timeout is None else max(0.0, timeout))
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=5.0)
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            raise t.exception()  # type: ignore[misc]
+    return len(pending)
 
 
 def run_level_sync(base_url: str, dataset: Dataset, plan: LevelPlan, sink: RecordSink, *, t0: float,
