@@ -29,6 +29,9 @@ def test_error_rate_is_hidden_by_router_retries_and_seen_without_them(tmp_path, 
     failed = bare.requests[~bare.requests["ok"]]
     assert 0.2 < len(failed) / len(bare.requests) < 0.8
     assert failed["error"].str.contains("503").all()
+    level = bare.summary.iloc[0]  # more than workload.max_failed_share failed: the level is marked failed
+    assert bool(level["level_failed"]) and "503" in level["top_errors"][0]["error"]
+    assert not bool(retried.summary.iloc[0]["level_failed"])
 
 
 @pytest.mark.slow
