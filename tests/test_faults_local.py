@@ -3,6 +3,7 @@
 import pytest
 
 from pdlab.analysis.results import load_run
+from pdlab.analysis.summary_table import format_summary
 from pdlab.experiment.loader import experiment_from_dict
 from pdlab.measure.run import run_experiment
 
@@ -40,3 +41,7 @@ def test_a_crashed_worker_turns_into_failed_requests(tmp_path, monkeypatch):
     req = run.requests
     assert req["ok"].sum() >= 4 and (~req["ok"]).sum() >= 1
     assert (req.loc[~req["ok"], "error"].str.len() > 0).all()
+    lost = run.meta["workers_lost"]  # both workers got their 5th request and died
+    assert {w["name"] for w in lost} == {"crash-worker-0", "crash-worker-1"}
+    assert all(w["lost_at_s"] > w["last_seen_s"] for w in lost)
+    assert "✗ lost worker crash-worker-0 (worker)" in format_summary(run.path)

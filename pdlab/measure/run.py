@@ -25,6 +25,7 @@ from pdlab.experiment.topology import build
 from pdlab.measure.cachehit import cache_hit_by_role
 from pdlab.measure.load.kinds import make_dataset
 from pdlab.measure.load.runner import LevelPlan, LevelStats, RecordSink, run_level_sync
+from pdlab.measure.lost import lost_workers
 from pdlab.measure.scrape import Scraper
 from pdlab.measure.writer import RunWriter
 
@@ -167,7 +168,7 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
             summary = with_level_stats(summary, level_stats, plans)
             sink.close()
             writer.finish({**_summary_doc(exp, run_name, sweep, t0_unix, summary, n),
-                           "cache_hit_rate": cache_hit_by_role(frame)})
+                           "cache_hit_rate": cache_hit_by_role(frame), "workers_lost": lost_workers(frame)})
         except BaseException as e:
             prog.note(f"[red]run stopped: {type(e).__name__}: {e}; saving what was measured to {run_dir}")
             _save_partial(writer, sink, scraper, dep, e, done_levels, len(plans))
