@@ -96,3 +96,10 @@ def test_bad_fault_flags_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         parse(["--model-path", "/models/Qwen3-32B/", "--emu-fault-error-status", "404"])
     assert e.value.code == 2 and "--emu-fault-error-status must be one of (500, 503)" in capsys.readouterr().err
+
+
+async def test_prefill_refusal_fails_the_decode_at_once_instead_of_hanging():
+    t = time.monotonic()
+    pr, dr = await _pd("--emu-fault-error-rate", "1")
+    assert pr.status_code == 503 and dr.status_code == 500
+    assert "injected fault (--emu-fault-error-rate)" in dr.text and time.monotonic() - t < 0.4  # pd timeout: 0.5 s

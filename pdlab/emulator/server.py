@@ -92,11 +92,12 @@ def create_app(cfg: WorkerConfig) -> Starlette:
             status, crash = worker.faults.on_request()
             if crash:
                 worker.crash(f"--emu-fault-crash-after {worker.faults.cfg.crash_after}")
-            if status is not None:
-                msg = f"injected fault (--emu-fault-error-rate): HTTP {status}"
-                return JSONResponse(api.error_body(kind, msg, status), status_code=status)
             try:
                 g = parse(api.parse_json(await request.body()))
+                if status is not None:
+                    msg = f"injected fault (--emu-fault-error-rate): HTTP {status}"
+                    worker.reject(g, msg)
+                    return JSONResponse(api.error_body(kind, msg, status), status_code=status)
                 stream = worker.submit(g)
             except BadRequest as e:
                 return JSONResponse(api.error_body(kind, e.message, e.status), status_code=e.status)

@@ -182,6 +182,11 @@ class Worker:
         self.driver.notify()
         return stream
 
+    def reject(self, g: GenRequest, why: str) -> None:
+        """A request refused before it ran: a prefill worker tells its decode peer at once (no hung handoff)."""
+        if self.bootstrap is not None and g.bootstrap is not None:
+            self.bootstrap.complete(g.bootstrap[2], why)
+
     def abort(self, stream: Stream, why: str = "client disconnected") -> None:
         """Drop a request whose client went away."""
         if not stream.done and stream.req is not None:
