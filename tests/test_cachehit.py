@@ -27,3 +27,13 @@ def test_summary_line_names_each_role():
 
     assert cache_hit_line({"prefill": 0.543, "decode": 0.0}) == \
         "prefix cache hit (cached ÷ prompt tokens): decode 0%, prefill 54%"
+
+
+def test_failures_are_counted_per_role_the_error_names():
+    from pdlab.core.stats import failed_by_role
+
+    errs = pd.Series(["HTTP 500: prefill failed for bootstrap room 7: KV transfer failed (injected fault)",
+                      "HTTP 500: KV for bootstrap room 9 did not arrive from decode side", "HTTP 503: injected fault",
+                      "truncated stream after 3 chunks"])
+    assert failed_by_role(errs) == {"unattributed": 2, "prefill": 1, "decode": 1}
+    assert failed_by_role(errs.iloc[:0]) == {}

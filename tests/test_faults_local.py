@@ -33,6 +33,7 @@ def test_error_rate_is_hidden_by_router_retries_and_seen_without_them(tmp_path, 
     level = bare.summary.iloc[0]  # more than workload.max_failed_share failed: the level is marked failed
     assert bool(level["level_failed"]) and "503" in level["top_errors"][0]["error"]
     assert not bool(retried.summary.iloc[0]["level_failed"])
+    assert level["failed_by_role"] == {"unattributed": len(failed)}  # colocated: no role in the message
 
 
 @pytest.mark.slow
@@ -45,3 +46,21 @@ def test_a_crashed_worker_turns_into_failed_requests(tmp_path, monkeypatch):
     assert {w["name"] for w in lost} == {"crash-worker-0", "crash-worker-1"}
     assert all(w["lost_at_s"] > w["last_seen_s"] for w in lost)
     assert "✗ lost worker crash-worker-0 (worker)" in format_summary(run.path)
+
+
+@pytest.mark.slow
+def test_kv_transfer_failures_are_counted_against_the_prefill_role(tmp_path, monkeypatch):
+    monkeypatch.setenv("PDLAB_STATE_DIR", str(tmp_path / "state"))
+    exp = experiment_from_dict({
+        "name": "kvfail", "model": {"name": "Qwen3-8B", "path": "/models/Qwen3-8B/"}, "gpu": {"type": "L20"},
+        "topology": {"kind": "pd", "prefill": {"replicas": 1, "tp": 1, "faults": {"kv_fail_rate": 0.5}},
+                     "decode": {"replicas": 1, "tp": 1}, "router": {"args": {"disable-retries": True}}},
+        "emulator": {"time_scale": 0.05},
+        "workload": {"dataset": {"input_len": 64, "output_len": 4}, "rates": [20], "duration_s": None,
+                     "num_prompts": 20, "warmup": 0, "timeout_s": 30},
+    })
+    run = load_run(run_experiment(exp, results=tmp_path / "results", run_name="r", progress=False))
+    level = run.summary.iloc[0]
+    n_failed = int((~run.requests["ok"]).sum())
+    assert 0 < n_failed < 20 and level["failed_by_role"] == {"prefill": n_failed}
+    assert "KV transfer" in level["top_errors"][0]["error"]
