@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from pdlab.analysis.results import load_sweep
 from pdlab.analysis.summary_table import format_summary
 from pdlab.experiment.loader import experiment_from_dict
 from pdlab.measure.run import run_experiment
@@ -24,3 +25,5 @@ def test_shared_prefix_run_reports_cache_hits_per_role(tmp_path, monkeypatch):
     hits = json.loads((rd / "summary.json").read_text())["cache_hit_rate"]
     assert hits["prefill"] > 0.5 and hits["decode"] == 0
     assert "prefix cache hit (cached ÷ prompt tokens): decode 0%, prefill" in format_summary(rd)
+    sweep = load_sweep(tmp_path / "results")
+    assert sweep["cache_hit_prefill"].iloc[0] == hits["prefill"] and sweep["cache_hit_decode"].iloc[0] == 0
