@@ -79,7 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="only this experiment's leftovers")
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("--context", default=None)
-    p.add_argument("--namespace", default=None, help="k8s: limit to one namespace (default: all)")
+    p.add_argument("--namespace", default=None,
+                   help="k8s: the namespace to clean (default: the kubeconfig context's namespace)")
+    p.add_argument("--all-namespaces", action="store_true",
+                   help="k8s: every namespace (needs cluster-wide list rights, beyond pdlab's rendered Role)")
     return ap
 
 
@@ -202,7 +205,7 @@ def cmd_cleanup(a: argparse.Namespace) -> int:
         from pdlab.deploy.k8s import cleanup_k8s
 
         removed = cleanup_k8s(kubeconfig=a.kubeconfig, context=a.context, namespace=a.namespace,
-                              experiment=a.experiment)
+                              experiment=a.experiment, all_namespaces=a.all_namespaces)
     for item in removed:
         print(f"removed {item}")
     print(f"{len(removed)} leftover(s) removed" if removed else "nothing to clean up")

@@ -11,12 +11,15 @@ from typing import Any
 from pdlab.deploy.k8s import K8sBackend
 from pdlab.experiment.loader import load_experiment
 from pdlab.experiment.spec import Experiment, K8sSpec
-from pdlab.testing.fakekube import FakeKube, Options
+from pdlab.testing.fakekube import PROFILES, FakeKube, Options
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "params" / "seed-2p1d.yaml"
 RBG = "rolebasedgroups.workloads.x-k8s.io"
 PDLAB_KINDS = (RBG, "services", "persistentvolumeclaims", "persistentvolumes", "secrets", "pods")
+PROFILE_NAMES = list(PROFILES)  # the RBG controller releases the fake can behave like
+# the profile fake_kube() uses unless told otherwise; a test module's autouse fixture sets it per parameter
+PROFILE = {"name": "v0.8"}
 
 
 def kubectl() -> str:
@@ -29,7 +32,8 @@ def kubectl() -> str:
 @contextlib.contextmanager
 def fake_kube(**kw: Any) -> Iterator[FakeKube]:
     """A fake cluster with fast timings and the model PVC in place (override any Options field)."""
-    opts = {"pvcs": ("llm-model",), "time_scale": 0.02, "emu_time_scale": 0.02, "bookmark_interval_s": 0.5, **kw}
+    opts = {"pvcs": ("llm-model",), "time_scale": 0.02, "emu_time_scale": 0.02, "bookmark_interval_s": 0.5,
+            "rbg_profile": PROFILE["name"], **kw}
     with FakeKube(Options(**opts)) as kube:
         yield kube
 

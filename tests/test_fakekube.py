@@ -14,7 +14,7 @@ from kubernetes import config as kconfig
 from kubernetes.client.rest import ApiException
 
 from pdlab.deploy import manifests as M
-from pdlab.testing.fakekube import ApiFault, Faults
+from pdlab.testing.fakekube import PROFILES, ApiFault, Faults
 from tests._k8s_helpers import RBG, ROOT, SEED, fake_kube, kubectl, seed
 
 
@@ -114,8 +114,8 @@ def test_rbg_served_in_both_versions_and_controller_names_things_like_rbg():
         assert v1["apiVersion"] == "workloads.x-k8s.io/v1alpha1" and "template" in v1["spec"]["roles"][0]
         pods = _until(lambda: len(kube.objects("pods")) == 4 and kube.objects("pods"), what="4 pods")
         p0 = next(p for p in pods if p["metadata"]["name"] == "sglang-pd-prefill-0")
-        assert p0["metadata"]["labels"][M.RBG_NAME_LABEL] == "sglang-pd"
-        assert p0["metadata"]["labels"][M.RBG_ROLE_LABEL] == "prefill"
+        assert p0["metadata"]["labels"]["rbg.workloads.x-k8s.io/group-name"] == "sglang-pd"  # v0.8 labels
+        assert p0["metadata"]["labels"]["rbg.workloads.x-k8s.io/role-name"] == "prefill"
         assert p0["metadata"]["labels"][M.EXPERIMENT_LABEL] == "sglang-pd"  # the template's labels
         names = {s["metadata"]["name"] for s in kube.objects("services")}
         assert {"s-sglang-pd-prefill", "s-sglang-pd-decode", "s-sglang-pd-scheduler"} <= names  # v1alpha2 naming
@@ -243,3 +243,101 @@ def test_standalone_server_writes_a_kubeconfig_kubectl_can_use(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+# --------------------------------------------------------------------------- RBG controller profiles
+
+
+def _until_rbg(kube, pred, what: str):
+    return _until(lambda: next((o for o in kube.objects(RBG) if pred(o)), None), what=what)
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_controller_profiles_follow_upstream(name):
+    """Each profile's labels, workload kind, Service naming/ownership and status shape, as its upstream release
+    writes them (docs/rbg-controllers.md names the files)."""
+    p = PROFILES[name]
+    api = "v1alpha2" if "v1alpha2" in p.versions else "v1alpha1"
+    with fake_kube(run_containers=False, rbg_profile=name) as kube:
+        custom = kclient.CustomObjectsApi(_api(kube))
+        custom.create_namespaced_custom_object("workloads.x-k8s.io", api, "default", "rolebasedgroups",
+                                               M.rolebasedgroup(seed(), api=api))
+        rbg = _until_rbg(kube, lambda o: (o.get("status") or {}).get("conditions", [{}])[0].get("status") == "True",
+                         "Ready")
+        st = rbg["status"]
+        assert st["conditions"][0]["reason"] == "AllRolesReady"
+        assert ("observedGeneration" in st) is p.observed_generation
+        assert all(("updatedReplicas" in r) is p.updated_replicas for r in st["roleStatuses"])
+        pod = next(o for o in kube.objects("pods") if o["metadata"]["name"] == "sglang-pd-prefill-0")
+        assert pod["metadata"]["labels"][p.name_label] == "sglang-pd"
+        assert pod["metadata"]["labels"][p.role_label] == "prefill"
+        owner = pod["metadata"]["ownerReferences"][0]["kind"]
+        assert owner == ("RoleInstance" if api == "v1alpha2" and p.v1alpha2_workload == "RoleInstanceSet"
+                         else "StatefulSet")
+        svc_name = "s-sglang-pd-prefill" if p.compatible_service_name else "sglang-pd-prefill"
+        assert pod["spec"]["subdomain"] == svc_name and pod["spec"]["hostname"] == "sglang-pd-prefill-0"
+        svc = next(s for s in kube.objects("services") if s["metadata"]["name"] == svc_name)
+        assert "ports" not in svc["spec"] and svc["spec"]["clusterIP"] == "None"
+        assert [o["kind"] for o in svc["metadata"]["ownerReferences"]] == [owner if owner == "StatefulSet"
+                                                                           else "RoleInstanceSet"]
+
+
+def test_status_reason_and_dependency_gating_of_workloads():
+    """Upstream says `RoleNotReady` while a role is not ready, gates the router's workload object (not pods) on
+    its dependencies, and records DependencyNotMet on the group (v0.5+)."""
+    with fake_kube(run_containers=False, rbg_profile="v0.6", faults=Faults(image_pull="sglang")) as kube:
+        custom = kclient.CustomObjectsApi(_api(kube))
+        custom.create_namespaced_custom_object("workloads.x-k8s.io", "v1alpha1", "default", "rolebasedgroups",
+                                               M.rolebasedgroup(seed()))
+        rbg = _until_rbg(kube, lambda o: (o.get("status") or {}).get("conditions"), "a status")
+        assert rbg["status"]["conditions"][0]["reason"] == "RoleNotReady"
+        _until(lambda: any(e["reason"] == "DependencyNotMet" and e["involvedObject"]["kind"] == "RoleBasedGroup"
+                           for e in kube.events()), what="DependencyNotMet")
+        names = {s["metadata"]["name"] for s in kube.objects("statefulsets.apps")}
+        assert names == {"sglang-pd-prefill", "sglang-pd-decode"}  # no router workload while workers are not ready
+
+
+def test_pod_dns_resolves_only_through_a_service_that_selects_the_pod():
+    """`<pod>.<svc>` exists only when Service <svc> exists, selects the pod and is its subdomain."""
+    with fake_kube(run_containers=False, rbg_profile="v0.8") as kube:
+        kclient.CustomObjectsApi(_api(kube)).create_namespaced_custom_object(
+            "workloads.x-k8s.io", "v1alpha1", "default", "rolebasedgroups", M.rolebasedgroup(seed()))
+        _until(lambda: len(kube.objects("pods")) == 4, what="4 pods")
+        dns = kube.cluster.pod_dns
+        assert kube.call(lambda: dns("default", "sglang-pd-prefill-0", "s-sglang-pd-prefill")) == "sglang-pd-prefill-0"
+        assert kube.call(lambda: dns("default", "sglang-pd-prefill-0", "sglang-pd-prefill")) is None  # no such Service
+        assert kube.call(lambda: dns("default", "sglang-pd-prefill-0", "s-sglang-pd-decode")) is None  # not selected
+        argv = kube.call(lambda: kube.controller._rewrite("default", "x", [
+            "--prefill", "http://sglang-pd-prefill-0.sglang-pd-prefill:8000", "34000"]))
+        assert argv == ["--prefill", "http://sglang-pd-prefill-0.sglang-pd-prefill.nxdomain.invalid:8000", "34000"]
+
+
+def test_conversion_webhook_down_fails_non_storage_versions_only():
+    with fake_kube(run_containers=False, rbg_profile="v0.8") as kube:
+        custom = kclient.CustomObjectsApi(_api(kube))
+        kube.faults.conversion_webhook_down = True
+        with pytest.raises(ApiException) as e:
+            custom.list_namespaced_custom_object("workloads.x-k8s.io", "v1alpha1", "default", "rolebasedgroups")
+        assert e.value.status == 500 and "conversion webhook for workloads.x-k8s.io/v1alpha2" in e.value.body
+        custom.list_namespaced_custom_object("workloads.x-k8s.io", "v1alpha2", "default", "rolebasedgroups")
+
+
+def test_rbac_mode_holds_service_account_tokens_to_their_roles(tmp_path):
+    with fake_kube(run_containers=False, rbac=True, namespaces=("default", "other")) as kube:
+        admin = _api(kube)
+        rbac = kclient.RbacAuthorizationV1Api(admin)
+        rbac.create_namespaced_role("default", {"metadata": {"name": "r"}, "rules": [
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}]})
+        rbac.create_namespaced_role_binding("default", {"metadata": {"name": "r"}, "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"}, "subjects": [
+            {"kind": "ServiceAccount", "name": "sa", "namespace": "default"}]})
+        sa = kconfig.new_client_from_config(config_file=str(kube.kubeconfig(
+            tmp_path / "sa", user="system:serviceaccount:default:sa")))
+        core = kclient.CoreV1Api(sa)
+        core.list_namespaced_service("default")
+        for call, msg in ((lambda: core.list_namespaced_service("other"), 'in the namespace "other"'),
+                          (lambda: core.list_service_for_all_namespaces(), "at the cluster scope"),
+                          (lambda: core.list_namespaced_pod("default"), 'cannot list resource "pods"')):
+            with pytest.raises(ApiException) as e:
+                call()
+            assert e.value.status == 403 and msg in json.loads(e.value.body)["message"]

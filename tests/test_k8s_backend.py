@@ -1,26 +1,45 @@
-"""The Kubernetes backend against the fake cluster: deploy → ready → stream → teardown, the experiment's
-emulation settings reaching the emulated pods (and only on an emulated cluster), preflight, every fault mode
-through `pdlab run` (exit 2, a clear error, no traceback, the run marked incomplete, nothing of pdlab's left
-behind), cleanup, scale, RBAC."""
+"""The Kubernetes backend against the fake cluster, once per RBG controller profile (v0.4, v0.6, v0.8: see
+docs/rbg-controllers.md): deploy → ready → stream → teardown, the experiment's emulation settings reaching the
+emulated pods (and only on an emulated cluster), preflight, every fault mode through `pdlab run` (exit 2, a
+clear error, no traceback, the run marked incomplete, nothing of pdlab's left behind), cleanup, scale, RBAC,
+and one test per finding of issue 18 (labels, status, Service names, dependencies, events, API errors, client
+version, RBAC)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import re
+import time
 
 import httpx
 import pytest
+from kubernetes import client as kclient
 
 from pdlab.core.errors import DeployError, ResourceError
 from pdlab.deploy import manifests as M
 from pdlab.deploy.k8s import K8sBackend, rbac_manifests
 from pdlab.deploy.k8s_client import Rest, load_client
-from pdlab.testing.fakekube import ApiFault, Faults
+from pdlab.testing.fakekube import PROFILES, ApiFault, Faults
+from tests import _k8s_helpers as H
 from tests._k8s_helpers import RBG, backend, fake_kube, pdlab_objects, run_cli, seed
 
 API_ONLY = {"run_containers": False}  # containers idle and count as ready: no processes
 DNS = {"spec": {"access": "service-dns"}}  # no router /health check (the test is not in the cluster)
+
+
+@pytest.fixture(autouse=True, params=H.PROFILE_NAMES)
+def profile(request, monkeypatch) -> str:
+    """Every test here runs against each RBG controller profile of the fake (unless marked `rbg_profiles`:
+    what does not touch the controller runs once, to keep the slow suite lean)."""
+    only = request.node.get_closest_marker("rbg_profiles")
+    if only is not None and request.param not in only.args:
+        pytest.skip(f"controller-independent: runs against {', '.join(only.args)} only")
+    monkeypatch.setitem(H.PROFILE, "name", request.param)
+    return request.param
+
+
+NEWEST_ONLY = pytest.mark.rbg_profiles(H.PROFILE_NAMES[-1])
 
 
 def _chat(url: str) -> list[str]:
@@ -128,10 +147,13 @@ def test_timeout_gives_a_diagnosis():
             backend(kube, fail_fast_s=60, spec={"ready_timeout_s": 1.5}).deploy(seed())
         msg = str(e.value)
         assert "not ready after 2 s" in msg and "prefill 0/2" in msg and "pod sglang-pd-prefill-0:" in msg
+        if PROFILES[kube.options.rbg_profile].dependency_event:  # the controller's own account (finding 5)
+            assert "controller event: DependencyNotMet: dependencies not met for role 'scheduler'" in msg
         assert pdlab_objects(kube) == []
 
 
 @pytest.mark.slow
+@NEWEST_ONLY
 def test_crash_loop_reports_last_log_lines(tmp_path, capsys):
     with fake_kube(**API_ONLY, faults=Faults(crash=r"decode-0$")) as kube:
         rc, run_dir = run_cli(kube, tmp_path, "backend.k8s.fail_fast_s=0.5")
@@ -179,9 +201,12 @@ def test_cleanup_touches_only_pdlab_labelled_objects():
                     "spec": {"ports": [{"port": 80}]}})
         b = backend(kube)
         removed = b.cleanup(experiment="other")
-        assert sorted(removed) == ["rolebasedgroup/default/other", "service/default/other"]
+        # the workers' headless Services may already be gone with the group (the controller owns them too)
+        assert {"rolebasedgroup/default/other", "service/default/other"} <= set(removed) <= {
+            "rolebasedgroup/default/other", "service/default/other", "service/default/other-decode",
+            "service/default/other-prefill"}
         assert {o["metadata"]["name"] for o in kube.objects(RBG)} == {"sglang-pd"}
-        assert sorted(b.cleanup()) == ["rolebasedgroup/default/sglang-pd", "service/default/sglang-pd"]
+        assert {"rolebasedgroup/default/sglang-pd", "service/default/sglang-pd"} <= set(b.cleanup())
         assert pdlab_objects(kube) == []
         names = {s["metadata"]["name"] for s in kube.objects("services")}
         assert "keep-me" in names and not any(n.startswith(("sglang-pd", "other")) for n in names)
@@ -204,6 +229,7 @@ def test_scale_a_role_in_place_rolls_the_router():
         assert pdlab_objects(kube) == []
 
 
+@NEWEST_ONLY
 def test_rbac_is_least_privilege_and_applies():
     objs = rbac_manifests("llm")
     kinds = [o["kind"] for o in objs]
@@ -222,6 +248,7 @@ def test_rbac_is_least_privilege_and_applies():
         assert [o["metadata"]["name"] for o in kube.objects("roles.rbac.authorization.k8s.io", "llm")] == ["pdlab"]
 
 
+@NEWEST_ONLY
 def test_backend_from_spec_loads_kubeconfig_context_and_rejects_unknown_context(tmp_path):
     with fake_kube(**API_ONLY) as kube:
         from pdlab.experiment.spec import K8sSpec
@@ -234,6 +261,7 @@ def test_backend_from_spec_loads_kubeconfig_context_and_rejects_unknown_context(
 
 
 @pytest.mark.slow
+@NEWEST_ONLY
 def test_oss_keys_reach_the_cluster_secret_but_never_the_run_directory(tmp_path, monkeypatch):
     """The OSS Secret's values come from the environment at apply time; manifests.yaml, logs and provenance
     in the run directory never carry them, and teardown removes the Secret pdlab created."""
@@ -255,3 +283,145 @@ def test_oss_keys_reach_the_cluster_secret_but_never_the_run_directory(tmp_path,
     for p in written:
         text = p.read_text(errors="replace")
         assert "visible-only-in-cluster" not in text, p
+
+
+# --------------------------------------------------------------------------- issue 18, one test per finding
+
+
+def _router_urls(kube) -> list[tuple[str, str]]:
+    """(host, subdomain) of every worker URL in the running router pod's command."""
+    router = next(p for p in kube.objects("pods") if p["metadata"]["labels"].get("pdlab.io/role") == "scheduler"
+                  and not p["metadata"].get("deletionTimestamp"))
+    hosts = re.findall(r"http://([a-z0-9-]+)\.([a-z0-9-]+):\d+", " ".join(router["spec"]["containers"][0]["command"]))
+    assert hosts
+    return hosts
+
+
+@pytest.mark.parametrize("api", ["v1alpha1", "v1alpha2"])
+def test_pods_found_and_routed_by_pdlabs_labels_and_services(profile, api):
+    """Findings 1-3: whatever the controller's labels (v0.7+ renamed them), status fields (observedGeneration
+    only from v0.5) and Service naming (`s-<group>-<role>` from v0.5 unless `<group>-<role>` exists), pdlab finds
+    its pods by its own labels and every worker URL the router was given resolves to that very pod."""
+    if api not in PROFILES[profile].versions:
+        pytest.skip(f"RBG {profile} does not serve {api}")
+    with fake_kube(**API_ONLY) as kube:
+        with backend(kube, spec={"access": "service-dns", "api_version": api}).deploy(seed(), run_id="r1") as dep:
+            assert sorted(dep.pods) == ["sglang-pd-decode-0", "sglang-pd-prefill-0", "sglang-pd-prefill-1",
+                                        "sglang-pd-scheduler-0"]
+            for host, sub in _router_urls(kube):
+                assert kube.call(lambda h=host, s=sub: kube.cluster.pod_dns("default", h, s)) == host, (host, sub)
+            for ep in dep.workers():
+                assert ep.url == f"http://{ep.name}.sglang-pd-{ep.role}.default.svc.cluster.local:8000"
+            labels = kube.objects("pods")[0]["metadata"]["labels"]
+            assert PROFILES[profile].name_label in labels and labels["pdlab.io/run"] == "r1"
+            svc = next(s for s in kube.objects("services") if s["metadata"]["name"] == "sglang-pd")
+            assert svc["spec"]["selector"] == {"pdlab.io/run": "r1", "pdlab.io/role": "scheduler"}
+        assert pdlab_objects(kube) == []
+
+
+def test_worker_addresses_follow_the_subdomain_the_controller_gave_the_pods(profile):
+    """Finding 3, the other way round: should a v0.5+ controller name the Service `s-<group>-<role>` after all
+    (its cache had not seen pdlab's Service yet), pdlab re-applies the router with the addresses the pods
+    actually have, and every URL resolves."""
+    if not PROFILES[profile].compatible_service_name:
+        pytest.skip(f"RBG {profile} always names the Service <group>-<role>")
+    events: list[str] = []
+    with fake_kube(**API_ONLY, rbg_stale_service_cache=True) as kube:
+        with backend(kube, events, **DNS).deploy(seed()) as dep:
+            urls = _router_urls(kube)
+            assert {sub for _, sub in urls} == {"s-sglang-pd-prefill", "s-sglang-pd-decode"}
+            for host, sub in urls:
+                assert kube.call(lambda h=host, s=sub: kube.cluster.pod_dns("default", h, s)) == host
+            assert dep.workers("decode")[0].url.startswith("http://sglang-pd-decode-0.s-sglang-pd-decode.default.")
+            dep.scale("decode", 2)
+            assert ("sglang-pd-decode-1", "s-sglang-pd-decode") in _router_urls(kube)
+    assert any("re-applying the router with the pods' addresses" in e for e in events)
+
+
+def test_scale_waits_for_the_router_running_the_new_worker_list():
+    """Finding 4: dependencies gate the router's workload update, not its pods, and the status can call the
+    group ready while the old router pod still runs; readiness waits for a router pod with the new template."""
+    with fake_kube(**API_ONLY) as kube:
+        with backend(kube, **DNS).deploy(seed()) as dep:
+            dep.scale("decode", 2)
+            live = [p for p in kube.objects("pods") if not p["metadata"].get("deletionTimestamp")]
+            router = [p for p in live if p["metadata"]["labels"]["pdlab.io/role"] == "scheduler"]
+            assert len(router) == 1
+            assert "sglang-pd-decode-1.sglang-pd-decode" in " ".join(router[0]["spec"]["containers"][0]["command"])
+            assert router[0]["metadata"]["annotations"][M.TEMPLATE_HASH_ANNOTATION] == \
+                dep.expected_hashes()["scheduler"]
+            assert [e.name for e in dep.workers("decode")] == ["sglang-pd-decode-0", "sglang-pd-decode-1"]
+
+
+def test_rolebasedgroup_events_are_surfaced_as_they_happen(profile):
+    """Finding 5: the controller's failures are events on the RoleBasedGroup (v0.5+: DependencyNotMet while the
+    workers start); they reach on_event like pod events."""
+    events: list[str] = []
+    with fake_kube(**API_ONLY) as kube:
+        with backend(kube, events, **DNS).deploy(seed()):
+            pass
+    rbg_events = [e for e in events if "rolebasedgroup/sglang-pd" in e]
+    if PROFILES[profile].dependency_event:
+        assert any("DependencyNotMet: rolebasedgroup/sglang-pd: dependencies not met for role 'scheduler'" in e
+                   for e in rbg_events), events
+    assert not any("ReconcileSucceed" in e for e in events)  # routine Normal events stay quiet
+
+
+def test_a_conversion_webhook_that_goes_down_ends_the_wait_with_the_cause(profile):
+    """Finding 6: from RBG v0.7 v1alpha1 is served through the controller's conversion webhook; when it is down
+    every v1alpha1 call answers 500. The watch gives up after a few failures and the wait ends naming the cause,
+    long before ready_timeout_s."""
+    if not PROFILES[profile].conversion_webhook:
+        pytest.skip(f"RBG {profile} has no conversion webhook")
+    faults = Faults(image_pull="sglang")  # the pods never get ready: only the failing watch can end the wait
+
+    def webhook_dies(line: str) -> None:
+        if line.startswith("applied RoleBasedGroup"):
+            faults.conversion_webhook_down = True
+
+    with fake_kube(**API_ONLY, faults=faults) as kube:
+        start = time.monotonic()
+        with pytest.raises(DeployError) as e:
+            backend(kube, on_event=webhook_dies, fail_fast_s=60, spec={"ready_timeout_s": 60}).deploy(seed())
+        assert time.monotonic() - start < 30
+        msg = str(e.value)
+        assert "watching the RoleBasedGroup failed 5 times in a row" in msg and "(HTTP 500" in msg
+        assert "conversion webhook is down" in msg and "api_version: v1alpha2" in msg
+        faults.conversion_webhook_down = False
+
+
+@NEWEST_ONLY
+def test_a_client_without_param_serialize_is_named_not_blamed_on_the_network(monkeypatch):
+    """Finding 7: pdlab's REST calls need kubernetes>=37 (ApiClient.param_serialize); an older client is
+    reported as such, not as "cannot reach the API server"."""
+    monkeypatch.delattr(kclient.ApiClient, "param_serialize")
+    with fake_kube(**API_ONLY) as kube:
+        with pytest.raises(DeployError, match=r"too old: pdlab needs kubernetes>=37") as e:
+            backend(kube).deploy(seed())
+        assert "cannot reach" not in str(e.value)
+
+
+def test_deploy_and_cleanup_work_with_exactly_the_rendered_role(tmp_path, capsys):
+    """Finding 8: under the Role and ClusterRole of `rbac_manifests` (the fake enforcing RBAC), a deployment
+    works and `pdlab cleanup --backend k8s` (default: the context's namespace) removes pdlab's leftovers; asked
+    for every namespace it says what it could not list instead of silently skipping."""
+    from pdlab.cli import main
+
+    with fake_kube(**API_ONLY, rbac=True) as kube:
+        api, _, _ = load_client(str(kube.kubeconfig()))
+        for obj in rbac_manifests("default"):
+            Rest(api).apply(obj)
+        sa = str(kube.kubeconfig(tmp_path / "sa", user="system:serviceaccount:default:pdlab"))
+        with backend(kube, spec={"access": "service-dns", "kubeconfig": sa}).deploy(seed()) as dep:
+            assert len(dep.pods) == 4
+        for exp in (seed(), seed("name=other")):
+            for obj in M.render(exp, run_id=f"{exp.name}-run"):
+                Rest(api).apply(obj)
+        assert main(["cleanup", "--backend", "k8s", "--kubeconfig", sa, "--all-namespaces"]) == 0
+        out = capsys.readouterr()
+        assert "cannot list RoleBasedGroups in all namespaces (Forbidden)" in out.err
+        assert "could not list RoleBasedGroup, Service" in out.err and "nothing to clean up" in out.out
+        assert main(["cleanup", "--backend", "k8s", "--kubeconfig", sa]) == 0
+        out = capsys.readouterr()
+        assert "removed rolebasedgroup/default/other" in out.out and "skipped" not in out.err
+        assert pdlab_objects(kube) == []

@@ -19,7 +19,7 @@ import yaml
 from pdlab.analysis.results import load_run
 from pdlab.cli import main
 from pdlab.testing.fakekube import Faults
-from tests._k8s_helpers import ROOT, fake_kube, pdlab_objects, run_cli
+from tests._k8s_helpers import PROFILE_NAMES, ROOT, fake_kube, pdlab_objects, run_cli
 
 PARAMS = ROOT / "params" / "demo-local.yaml"  # 1P1D of Qwen3-8B on L20 TP1
 SHORT = ["emulator.time_scale=0.05", "workload.rates=[4,8]", "workload.duration_s=1.5", "workload.warmup=1",
@@ -72,9 +72,10 @@ def test_k8s_run_matches_the_local_layout(topology, roles, tmp_path, capsys):
 
     # manifests.yaml: the applied objects (no Secret); the emulator flags only because the cluster is the fake
     docs = list(yaml.safe_load_all((k8s_dir / "manifests.yaml").read_text()))
-    assert [d["kind"] for d in docs] == ["RoleBasedGroup", "Service"]
+    assert [d["kind"] for d in docs] == ["Service"] * (len(roles) - 1) + ["RoleBasedGroup", "Service"]
     assert all(d["metadata"]["labels"]["pdlab.io/run"] == "demo-k8s" for d in docs)
-    worker = next(r for r in docs[0]["spec"]["roles"] if r["name"] != "scheduler")
+    rbg = next(d for d in docs if d["kind"] == "RoleBasedGroup")
+    worker = next(r for r in rbg["spec"]["roles"] if r["name"] != "scheduler")
     assert "--emu-time-scale" in worker["template"]["metadata"]["annotations"]["pdlab.io/emulator-args"]
 
     # provenance: cluster and nodes, never a credential
@@ -88,6 +89,22 @@ def test_k8s_run_matches_the_local_layout(topology, roles, tmp_path, capsys):
     for path in k8s_dir.rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
+def test_k8s_run_completes_against_every_controller_profile(profile, tmp_path, capsys):
+    """`pdlab run --set backend.kind=k8s` end to end against each RBG controller release the fake emulates,
+    kept lean (one short load level): real router and emulated workers, routed through the Services' DNS."""
+    with fake_kube(rbg_profile=profile, emu_time_scale=0.05) as kube:
+        rc, run_dir = run_cli(kube, tmp_path, "emulator.time_scale=0.05", "workload.rates=[4]",
+                              "workload.duration_s=1", "workload.warmup=1", "workload.dataset.output_len=8",
+                              params=PARAMS, name=profile)
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        assert pdlab_objects(kube) == []
+    run = load_run(run_dir)
+    assert run.complete and run.summary["completed"].min() > 0 and run.summary["failed"].sum() == 0
 
 
 def _wait_for_load(kube, run_dir: Path, proc: subprocess.Popen, timeout: float = 25.0) -> None:

@@ -27,6 +27,10 @@ def _validators() -> dict[str, jsonschema.Draft7Validator]:
     return {v["name"]: jsonschema.Draft7Validator(v["schema"]["openAPIV3Schema"]) for v in crd["spec"]["versions"]}
 
 
+def _rbg(objs: list[dict]) -> dict:
+    return next(o for o in objs if o["kind"] == "RoleBasedGroup")
+
+
 def _role(rbg: dict, name: str) -> dict:
     return next(r for r in rbg["spec"]["roles"] if r["name"] == name)
 
@@ -37,9 +41,11 @@ def seed(params_dir: Path):
 
 
 def test_seed_reproduces_reference_deployment(seed) -> None:
-    objs = render(seed, api="v1alpha1")
-    assert [o["kind"] for o in objs] == ["RoleBasedGroup", "Service"]
-    rbg, svc = objs
+    objs = render(seed, api="v1alpha1", run_id="run-1")
+    assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
+        ("Service", "sglang-pd-prefill"), ("Service", "sglang-pd-decode"), ("RoleBasedGroup", "sglang-pd"),
+        ("Service", "sglang-pd")]  # the workers' headless Services before the group (the controller adopts them)
+    *headless, rbg, svc = objs
     assert rbg["apiVersion"] == "workloads.x-k8s.io/v1alpha1"
     assert rbg["metadata"]["name"] == "sglang-pd"
 
@@ -84,11 +90,18 @@ def test_seed_reproduces_reference_deployment(seed) -> None:
     assert svc["metadata"]["name"] == "sglang-pd"
     assert svc["spec"]["type"] == "ClusterIP"
     assert svc["spec"]["ports"][0]["port"] == 8000
-    assert svc["spec"]["selector"] == {"rolebasedgroup.workloads.x-k8s.io/name": "sglang-pd",
-                                       "rolebasedgroup.workloads.x-k8s.io/role": "scheduler"}
+    # pdlab's own labels, never the controller's (they changed in RBG v0.7)
+    assert svc["spec"]["selector"] == {"pdlab.io/run": "run-1", "pdlab.io/role": "scheduler"}
+    for h, role in zip(headless, ("prefill", "decode"), strict=True):
+        assert h["spec"]["clusterIP"] == "None" and h["spec"]["publishNotReadyAddresses"] is True
+        assert h["spec"]["selector"] == {"pdlab.io/run": "run-1", "pdlab.io/role": role}
+    for role in rbg["spec"]["roles"]:
+        meta = role["template"]["metadata"]
+        assert meta["labels"]["pdlab.io/run"] == "run-1" and meta["labels"]["pdlab.io/role"] == role["name"]
+        assert len(meta["annotations"]["pdlab.io/template-hash"]) == 16
     for obj in objs:
         assert obj["metadata"]["labels"]["pdlab.io/experiment"] == "sglang-pd"
-        assert "pdlab.io/run" in obj["metadata"]["labels"]
+        assert obj["metadata"]["labels"]["pdlab.io/run"] == "run-1"
 
 
 def _variants(params_dir: Path):
@@ -114,7 +127,7 @@ def test_every_rbg_validates_against_crd_schema(params_dir: Path, api: str) -> N
 
 
 def test_crd_schema_rejects_a_broken_rbg(seed) -> None:
-    rbg = render(seed)[0]
+    rbg = _rbg(render(seed))
     del rbg["spec"]["roles"][0]["name"]
     with pytest.raises(jsonschema.ValidationError):
         _validators()["v1alpha1"].validate(rbg)
@@ -128,20 +141,50 @@ def test_core_objects_validate_against_kubernetes_schemas(params_dir: Path, monk
             if obj["kind"] != "RoleBasedGroup":
                 kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         # the pod templates are core PodTemplateSpecs
-        rbg = render(exp)[-2]
+        rbg = _rbg(render(exp))
         for role in rbg["spec"]["roles"]:
             tmpl = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": role["template"]}
             kubernetes_validate.validate(tmpl, K8S_VERSION, strict=True)
 
 
-def test_v1alpha2_uses_upstream_service_names(seed) -> None:
-    rbg = render(seed, api="v1alpha2")[0]
-    cmd = " ".join(_role(rbg, "scheduler")["standalonePattern"]["template"]["spec"]["containers"][0]["command"])
-    assert "http://sglang-pd-prefill-0.s-sglang-pd-prefill:8000 34000" in cmd
+def test_worker_urls_name_pdlabs_own_service_whatever_the_api_version(seed) -> None:
+    """Finding 3 of issue 18: the Service name depends on the controller, not the API version, so pdlab names
+    (and renders) `<group>-<role>` itself in both shapes."""
+    for api in ("v1alpha1", "v1alpha2"):
+        objs = render(seed, api=api)
+        tmpl = _role(_rbg(objs), "scheduler")
+        tmpl = tmpl.get("template") or tmpl["standalonePattern"]["template"]
+        cmd = " ".join(tmpl["spec"]["containers"][0]["command"])
+        assert "http://sglang-pd-prefill-0.sglang-pd-prefill:8000 34000" in cmd and "s-sglang-pd" not in cmd
+        assert {o["metadata"]["name"] for o in objs if o["kind"] == "Service"} >= {"sglang-pd-prefill",
+                                                                                  "sglang-pd-decode"}
+
+
+def test_template_hash_changes_with_the_template_only(params_dir: Path) -> None:
+    """Readiness compares pods' hash with the applied one: the router's changes with its worker list, the
+    decode template's does not change with decode's replica count."""
+    from pdlab.deploy.manifests import role_templates
+
+    def hashes(*overrides: str) -> dict[str, str]:
+        exp = load_experiment(params_dir / "seed-2p1d.yaml", list(overrides))
+        return {r: t["metadata"]["annotations"]["pdlab.io/template-hash"]
+                for r, t in role_templates(_rbg(render(exp, run_id="r"))).items()}
+
+    one, two = hashes(), hashes("topology.decode.replicas=2")
+    assert one["decode"] == two["decode"] and one["prefill"] == two["prefill"]
+    assert one["scheduler"] != two["scheduler"]
+
+
+def test_service_discovery_selects_pdlab_labels(params_dir: Path) -> None:
+    exp = load_experiment(params_dir / "seed-2p1d.yaml", ["topology.router.service_discovery=true"])
+    cmd = _role(_rbg(render(exp, run_id="run-7")), "scheduler")["template"]["spec"]["containers"][0]["command"]
+    i = cmd.index("--prefill-selector")
+    assert cmd[i + 1:i + 3] == ["pdlab.io/run=run-7", "pdlab.io/role=prefill"]
+    assert not any("rolebasedgroup.workloads" in a or "rbg.workloads" in a for a in cmd)
 
 
 def test_colocated_renders_router_and_worker_roles(params_dir: Path) -> None:
-    rbg = render(load_experiment(params_dir / "colocated-3x-tp2.yaml"))[0]
+    rbg = _rbg(render(load_experiment(params_dir / "colocated-3x-tp2.yaml")))
     assert [r["name"] for r in rbg["spec"]["roles"]] == ["worker", "scheduler"]
     cmd = _role(rbg, "scheduler")["template"]["spec"]["containers"][0]["command"]
     assert "--pd-disaggregation" not in cmd
@@ -165,7 +208,7 @@ def test_secret_values_only_from_environment(params_dir: Path, monkeypatch) -> N
 
 def test_user_values_stay_single_arguments() -> None:
     exp = experiment_from_dict({"model": {"name": "my model; rm -rf /", "path": "/models/Qwen3-32B/"}})
-    cmd = render(exp)[0]["spec"]["roles"][0]["template"]["spec"]["containers"][0]["command"]
+    cmd = _rbg(render(exp))["spec"]["roles"][0]["template"]["spec"]["containers"][0]["command"]
     assert "my model; rm -rf /" in cmd  # one list item, never shell-split
 
 
@@ -173,7 +216,7 @@ def test_cli_manifests_output_is_multidoc_yaml(params_dir: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "pdlab", "manifests", str(params_dir / "seed-2p1d.yaml"),
                           "--api", "v1alpha2"], capture_output=True, text=True, check=True).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
-    assert [d["kind"] for d in docs] == ["RoleBasedGroup", "Service"]
-    assert docs[0]["apiVersion"].endswith("/v1alpha2")
+    assert [d["kind"] for d in docs] == ["Service", "Service", "RoleBasedGroup", "Service"]
+    assert _rbg(docs)["apiVersion"].endswith("/v1alpha2")
     assert out == to_yaml(render(load_experiment(params_dir / "seed-2p1d.yaml"), api="v1alpha2"),
                           header=out.splitlines()[0][2:])

@@ -1,8 +1,13 @@
-"""Kubernetes backend: the experiment as a RoleBasedGroup (+ Service, optional model PV/PVC/Secret) applied
-with the `kubernetes` client, watched until ready while pod events are surfaced, reached by port-forward
-(through the client's websocket, no kubectl), in-cluster service DNS or a given URL, scaled in place, and
-always torn down. Every object carries `pdlab.io/experiment` and `pdlab.io/run`, which is how `cleanup`
-finds leaks without touching anything else.
+"""Kubernetes backend: the experiment as a RoleBasedGroup (+ Services, optional model PV/PVC/Secret) applied
+with the `kubernetes` client, watched until ready while pod and RoleBasedGroup events are surfaced, reached by
+port-forward (through the client's websocket, no kubectl), in-cluster service DNS or a given URL, scaled in
+place, and always torn down. Every object carries `pdlab.io/experiment` and `pdlab.io/run`, which is how
+`cleanup` finds leaks without touching anything else.
+
+Nothing depends on the RBG controller's version (docs/rbg-controllers.md): pods are found by pdlab's own labels
+(`pdlab.io/run`, `pdlab.io/role`), readiness comes from the pods themselves (the expected count per role, all
+Ready, all carrying the applied template's hash) with the RBG status only as a hint, and worker addresses come
+from the pods' hostname/subdomain.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pdlab.deploy.k8s_client import (
     PortForwarder,
     Rest,
     Watch,
+    WatchFailed,
     call_quietly,
     load_client,
     path_for,
@@ -42,6 +48,7 @@ CRD_NAME = f"rolebasedgroups.{GROUP}"
 FAIL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 LOG_TAIL = 20
+WATCH_GIVE_UP = 5  # consecutive failures of one watch (5xx, dropped streams) that end wait_ready
 # namespaced kinds pdlab creates (cleanup looks for its labels on each), then cluster-scoped ones
 CLEANUP_KINDS = [("RoleBasedGroup", None), ("Service", "v1"), ("PersistentVolumeClaim", "v1"), ("Secret", "v1"),
                  ("RoleBinding", "rbac.authorization.k8s.io/v1"), ("Role", "rbac.authorization.k8s.io/v1"),
@@ -63,19 +70,21 @@ class K8sBackend(Backend):
     `fail_fast_s`: how long a pod may stay unschedulable, image-pull-failing or crash-looping before the
     deployment is abandoned with a diagnosis (instead of waiting for `ready_timeout_s`; default
     `backend.k8s.fail_fast_s`).
-    `on_event(line)`: where pod events and progress go as they happen (default: stderr).
-    `namespace`: the namespace `cleanup` searches (default: all namespaces).
+    `on_event(line)`: where pod/RoleBasedGroup events and progress go as they happen (default: stderr).
+    `namespace`: the namespace `cleanup` searches (default: the kubeconfig context's namespace; `all_namespaces`
+    searches every namespace, which needs cluster-wide list rights).
     """
 
     name = "k8s"
 
     def __init__(self, spec: K8sSpec | None = None, *, namespace: str | None = None,
                  fail_fast_s: float | None = None, on_event: Callable[[str], None] | None = None,
-                 teardown_timeout_s: float = 180.0):
+                 teardown_timeout_s: float = 180.0, all_namespaces: bool = False):
         from pdlab.experiment.spec import K8sSpec
 
         self.spec = spec or K8sSpec()
         self.namespace = namespace
+        self.all_namespaces = all_namespaces
         self.fail_fast_s = fail_fast_s if fail_fast_s is not None else self.spec.fail_fast_s
         self.on_event = on_event or _stderr
         self.teardown_timeout_s = teardown_timeout_s
@@ -123,6 +132,11 @@ class K8sBackend(Backend):
                                 f"{api}: set backend.k8s.api_version: {other[0] if other else served[0]} "
                                 f"(or upgrade the RBG controller)")
         info["rbg_versions"] = served
+        # a served v1alpha2 means RBG v0.7 or newer, where v1alpha1 goes through the controller's conversion webhook
+        info["rbg_controller"] = "v0.7+" if "v1alpha2" in served else "v0.6 or older"
+        if api == "v1alpha1" and "v1alpha2" in served:
+            self.on_event("note: the RBG controller is v0.7 or newer (it serves v1alpha2), so v1alpha1 goes through "
+                          "its conversion webhook; backend.k8s.api_version: v1alpha2 avoids that dependency")
         self._check_capacity(rest, exp, info)
         rendered = {(o["kind"], o["metadata"]["name"]) for o in objs or []}
         if ("PersistentVolumeClaim", exp.storage.pvc) not in rendered:
@@ -220,8 +234,11 @@ class K8sBackend(Backend):
         return bool((found or {}).get("items"))
 
     def cleanup(self, *, experiment: str | None = None) -> list[str]:
-        """Delete every object labelled by pdlab (optionally of one experiment) in `namespace` (None: all)."""
-        return cleanup_objects(self.rest(), namespace=self.namespace, experiment=experiment,
+        """Delete every object labelled by pdlab (optionally of one experiment) in `namespace` (default: the
+        context's namespace, so that the namespaced Role of `rbac_manifests` suffices; all_namespaces: every one)."""
+        rest = self.rest()
+        namespace = None if self.all_namespaces else (self.namespace or self.context_namespace)
+        return cleanup_objects(rest, namespace=namespace, experiment=experiment,
                                api_version=self.spec.api_version, on_event=self.on_event,
                                timeout_s=self.teardown_timeout_s)
 
@@ -240,11 +257,14 @@ class K8sDeployment(Deployment):
         self.info = info
         self.namespace = exp.namespace
         self.group = exp.name
+        self.selector = f"{M.RUN_LABEL}={run_id}"
         self.rest = backend.rest()
         self.api_version = backend.spec.api_version
         self.applied: list[dict] = []
         self.pods: dict[str, dict] = {}
         self.events_seen: set[tuple] = set()
+        self.rbg_events: list[dict] = []
+        self.subdomains: M.Subdomains = {}  # worker role → subdomain its pods got, where not pdlab's Service
         self._forwarders: dict[tuple[str, int], PortForwarder] = {}
         self._pf_api: Any = None
         self._pf_lock = threading.Lock()
@@ -269,19 +289,19 @@ class K8sDeployment(Deployment):
 
     # -- readiness ------------------------------------------------------------------------------------------------
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Watch the RBG status, its pods and their events until every role is ready and the router answers;
-        raise DeployError with a diagnosis on a persistent failure (see K8sBackend.fail_fast_s) or timeout."""
+        """Watch pdlab's pods (by `pdlab.io/run`), the RBG and the events of both until every role has its count of
+        Ready pods running the applied template and the router answers; raise DeployError with a diagnosis on a
+        persistent failure (see K8sBackend.fail_fast_s), a watch that keeps failing, or timeout."""
         timeout = timeout if timeout is not None else self.backend.spec.ready_timeout_s
         start = time.monotonic()
         deadline = start + timeout
         q: queue.Queue = queue.Queue()
-        sel = f"{M.RBG_NAME_LABEL}={self.group}"
         watches = [
             Watch(self.rest, path_for(f"{GROUP}/{self.api_version}", "RoleBasedGroup", self.namespace), q, tag="rbg",
-                  field_selector=f"metadata.name={self.group}"),
-            Watch(self.rest, path_for("v1", "Pod", self.namespace), q, tag="pod", label_selector=sel),
-            Watch(self.rest, path_for("v1", "Event", self.namespace), q, tag="event",
-                  field_selector="involvedObject.kind=Pod"),
+                  field_selector=f"metadata.name={self.group}", give_up_after=WATCH_GIVE_UP),
+            Watch(self.rest, path_for("v1", "Pod", self.namespace), q, tag="pod", label_selector=self.selector,
+                  give_up_after=WATCH_GIVE_UP),
+            Watch(self.rest, path_for("v1", "Event", self.namespace), q, tag="event", give_up_after=WATCH_GIVE_UP),
         ]
         for w in watches:
             w.start()
@@ -300,6 +320,8 @@ class K8sDeployment(Deployment):
                 if etype == "WATCH_ERROR":
                     if isinstance(obj, ApiStatusError) and obj.status in (401, 403, 404):
                         raise DeployError(f"watching {tag}s failed: {obj}")
+                elif etype == "WATCH_FAILED":
+                    raise DeployError(_watch_failed(tag, obj, self.api_version))
                 elif tag == "rbg":
                     items = obj if etype == "SYNC" else [obj]
                     for o in items:
@@ -323,7 +345,9 @@ class K8sDeployment(Deployment):
                 failing = [n for n, t in bad_since.items() if time.monotonic() - t >= self.backend.fail_fast_s]
                 if failing:
                     raise DeployError(self.diagnose(rbg, f"failing for {self.backend.fail_fast_s:.0f} s"))
-                if self._is_ready(rbg):
+                if tag == "pod":
+                    self._sync_subdomains()
+                if self._is_ready():
                     break
         finally:
             for w in watches:
@@ -331,27 +355,59 @@ class K8sDeployment(Deployment):
         self._say(f"RoleBasedGroup {self.group}: all roles ready after {time.monotonic() - start:.1f} s")
         self._wait_router(deadline)
 
-    def _is_ready(self, rbg: dict | None) -> bool:
-        if rbg is None:
-            return False
-        status = rbg.get("status") or {}
-        gen = rbg["metadata"].get("generation", 1)
-        if status.get("observedGeneration", 0) < gen:
-            return False
-        cond = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
-        if not cond or cond.get("status") != "True":
-            return False
-        want = {r.name: r.replicas for r in self.topology.roles}
-        for rs in status.get("roleStatuses", []):
-            if rs["name"] in want and (rs.get("readyReplicas", 0) < want[rs["name"]]
-                                       or rs.get("updatedReplicas", want[rs["name"]]) < want[rs["name"]]):
-                return False
-        live = [p for p in self.pods.values() if not p["metadata"].get("deletionTimestamp")]
-        for role, n in want.items():
-            pods = [p for p in live if p["metadata"]["labels"].get(M.RBG_ROLE_LABEL) == role]
-            if len(pods) != n or not all(_pod_ready(p) for p in pods):
+    def expected_hashes(self) -> dict[str, str]:
+        """role → the `pdlab.io/template-hash` of the pod template last applied for it."""
+        rbg = next(o for o in self.objects if o["kind"] == "RoleBasedGroup")
+        return {role: (t.get("metadata") or {}).get("annotations", {}).get(M.TEMPLATE_HASH_ANNOTATION, "")
+                for role, t in M.role_templates(rbg).items()}
+
+    def role_pods(self, role: str) -> list[dict]:
+        """The live (not terminating) pods of a role, by pdlab's labels, in name order."""
+        pods = [p for p in self.pods.values() if not p["metadata"].get("deletionTimestamp")
+                and (p["metadata"].get("labels") or {}).get(M.ROLE_LABEL) == role]
+        return sorted(pods, key=lambda p: _ordinal(p["metadata"]["name"]))
+
+    def _is_ready(self) -> bool:
+        """Every role has exactly its replica count of Ready pods, all running the applied template (the RBG
+        status is not consulted: its fields and their freshness differ between controller versions)."""
+        hashes = self.expected_hashes()
+        for role in self.topology.roles:
+            pods = self.role_pods(role.name)
+            if len(pods) != role.replicas or not all(_current(p, hashes[role.name]) for p in pods):
                 return False
         return True
+
+    def _sync_subdomains(self) -> None:
+        """Worker addresses from what the cluster made: the router's static URLs name `<pod>.<subdomain>`, and
+        every released controller gives the pods pdlab's Service `<group>-<role>` as subdomain; should a
+        controller pick another (say, its cache had not seen pdlab's Service yet), re-apply the group with
+        the router pointing at the subdomain the pods actually have (the router rolls; readiness waits)."""
+        if self.experiment.topology.router.service_discovery:
+            return
+        actual: dict[str, str] = {}
+        for role in self.topology.workers:
+            subs = {(p.get("spec") or {}).get("subdomain") for p in self.role_pods(role.name)}
+            if len(subs) == 1 and None not in subs:
+                actual[role.name] = subs.pop()
+        want = {r: sub for r, sub in actual.items() if sub != self.subdomains.get(r, M.service_name(self.experiment, r))}
+        if not want:
+            return
+        self.subdomains.update(want)
+        self._say("the RBG controller named the workers' headless Service "
+                  + ", ".join(f"{r}: {s}" for r, s in sorted(want.items()))
+                  + "; re-applying the router with the pods' addresses")
+        self._apply_group(self.experiment)
+
+    def _apply_group(self, exp: Experiment) -> None:
+        """Render and apply the RoleBasedGroup alone (scale, subdomain sync); it becomes what readiness expects."""
+        objs = M.render(exp, api=self.api_version, run_id=self.run_id, include_storage=False,
+                        subdomains=self.subdomains or None)
+        if self.info.get("emulated"):
+            M.annotate_emulator_args(objs, exp)
+        rbg = next(o for o in objs if o["kind"] == "RoleBasedGroup")
+        self.rest.apply(rbg)
+        self.objects = [rbg if o["kind"] == "RoleBasedGroup" else o for o in self.objects]
+        self.applied = [rbg if o["kind"] == "RoleBasedGroup" else o for o in self.applied]
 
     def _wait_router(self, deadline: float) -> None:
         """The router answers /health (through the chosen access path), unless only in-cluster DNS is usable."""
@@ -372,29 +428,47 @@ class K8sDeployment(Deployment):
                           f"check `kubectl logs {self.group}-{ROUTER_ROLE}-0 -n {self.namespace}`")
 
     def _surface(self, ev: dict) -> None:
+        """Print an event about one of this run's pods or about the RoleBasedGroup (its controller's failures,
+        e.g. DependencyNotMet or FailedReconcileWorkload, are recorded there), once per reason and message."""
         io = ev.get("involvedObject") or {}
-        name = io.get("name", "")
-        if not name.startswith(f"{self.group}-"):
+        name, kind = io.get("name", ""), io.get("kind", "")
+        if kind == "RoleBasedGroup":
+            if name != self.group or ev.get("reason") == "Succeed":
+                return
+        elif kind != "Pod" or not (name in self.pods or name.startswith(f"{self.group}-")):
             return
         key = (io.get("uid"), ev.get("reason"), ev.get("message"))
         if key in self.events_seen:
             return
         self.events_seen.add(key)
-        self._say(f"{ev.get('type', 'Normal'):7} {ev.get('reason', '')}: pod/{name}: {ev.get('message', '')}")
+        if kind == "RoleBasedGroup":
+            self.rbg_events.append(ev)
+        self._say(f"{ev.get('type', 'Normal'):7} {ev.get('reason', '')}: {kind.lower()}/{name}: "
+                  f"{ev.get('message', '')}")
 
     def diagnose(self, rbg: dict | None, what: str) -> str:
         """A multi-line account of why the group is not ready: per role counts, each bad pod's state, its last
         events and log lines, and what to change."""
-        roles = {r["name"]: r for r in ((rbg or {}).get("status") or {}).get("roleStatuses", [])}
-        counts = ", ".join(f"{r.name} {roles.get(r.name, {}).get('readyReplicas', 0)}/{r.replicas}"
-                           for r in self.topology.roles)
+        if not self.pods:
+            self.pods = {p["metadata"]["name"]: p for p in call_quietly(lambda: self.rest.get(
+                path_for("v1", "Pod", self.namespace), query={"labelSelector": self.selector}).get("items", []))
+                or []}
+        pods = self.pods
+        hashes = self.expected_hashes()
+        counts = ", ".join(f"{r.name} {sum(1 for p in self.role_pods(r.name) if _current(p, hashes[r.name]))}"
+                           f"/{r.replicas}" for r in self.topology.roles)
         lines = [f"RoleBasedGroup {self.namespace}/{self.group} {what} ({counts} ready)."]
         hints: list[str] = []
         if rbg is None:
             lines.append("  the RoleBasedGroup object is gone or was never created (is the RBG controller running?)")
-        pods = self.pods or {p["metadata"]["name"]: p for p in call_quietly(lambda: self.rest.get(
-            path_for("v1", "Pod", self.namespace), query={"labelSelector": f"{M.RBG_NAME_LABEL}={self.group}"})
-            .get("items", [])) or []}
+        else:
+            cond = next((c for c in (rbg.get("status") or {}).get("conditions", []) if c.get("type") == "Ready"), None)
+            if cond:
+                lines.append(f"  controller status: Ready={cond.get('status')} {cond.get('reason', '')}: "
+                             f"{cond.get('message', '')}".rstrip(": "))
+        for ev in self.rbg_events[-3:]:
+            if ev.get("type") == "Warning":
+                lines.append(f"  controller event: {ev.get('reason')}: {ev.get('message', '')}")
         if not pods and rbg is not None:
             lines.append("  no pods were created: check the RBG controller's logs (ack-rbgs / rbgs-controller-manager)")
         for name, pod in sorted(pods.items()):
@@ -437,9 +511,16 @@ class K8sDeployment(Deployment):
     def _pod_url(self, pod: str, role: str, port: int = M.HTTP_PORT) -> str:
         access = self.backend.spec.access
         if access == "service-dns":
-            svc = M.service_name(self.experiment, role, self.api_version)
-            return f"http://{pod}.{svc}.{self.namespace}.svc.cluster.local:{port}"
+            spec = (self.pods.get(pod) or {}).get("spec") or {}
+            host = spec.get("hostname") or pod
+            svc = spec.get("subdomain") or M.service_name(self.experiment, role)
+            return f"http://{host}.{svc}.{self.namespace}.svc.cluster.local:{port}"
         return self._forward(pod, port).url
+
+    def pod_names(self, role: str, replicas: int) -> list[str]:
+        """The role's pod names: those that exist (by pdlab's labels), else the controllers' `<group>-<role>-<i>`."""
+        live = [p["metadata"]["name"] for p in self.role_pods(role)]
+        return live if len(live) == replicas else [f"{self.group}-{role}-{i}" for i in range(replicas)]
 
     @property
     def router_url(self) -> str:
@@ -448,15 +529,14 @@ class K8sDeployment(Deployment):
             return str(spec.url).rstrip("/")
         if spec.access == "service-dns":
             return f"http://{self.group}.{self.namespace}.svc.cluster.local:{M.HTTP_PORT}"
-        return self._forward(f"{self.group}-{ROUTER_ROLE}-0", M.HTTP_PORT).url
+        return self._forward(self.pod_names(ROUTER_ROLE, 1)[0], M.HTTP_PORT).url
 
     @property
     def endpoints(self) -> list[Endpoint]:
         out: list[Endpoint] = []
         router_metrics = self.experiment.topology.router.impl == "sglang-router"
         for role in self.topology.roles:
-            for i in range(role.replicas):
-                name = f"{self.group}-{role.name}-{i}"
+            for i, name in enumerate(self.pod_names(role.name, role.replicas)):
                 pod = self.pods.get(name) or {}
                 if role.name == ROUTER_ROLE:
                     url = self.router_url
@@ -504,13 +584,7 @@ class K8sDeployment(Deployment):
         topo.pop("ratio", None)
         topo[role]["replicas"] = int(replicas)
         exp = experiment_from_dict(doc)
-        objs = M.render(exp, api=self.api_version, run_id=self.run_id, include_storage=False)
-        if self.info.get("emulated"):
-            M.annotate_emulator_args(objs, exp)
-        rbg = next(o for o in objs if o["kind"] == "RoleBasedGroup")
-        self.rest.apply(rbg)
-        self.objects = [rbg if o["kind"] == "RoleBasedGroup" else o for o in self.objects]
-        self.applied = [rbg if o["kind"] == "RoleBasedGroup" else o for o in self.applied]
+        self._apply_group(exp)
         self.experiment, self.topology = exp, build(exp)
         for key in [k for k in self._forwarders if int(k[0].rsplit("-", 1)[1]) >= replicas
                     and k[0].startswith(f"{self.group}-{role}-")]:
@@ -529,13 +603,24 @@ class K8sDeployment(Deployment):
         for fw in self._forwarders.values():
             fw.close()
         self._forwarders.clear()
+        failed: list[str] = []
         for obj in reversed(self.applied or self.objects):
             meta = obj["metadata"]
-            call_quietly(lambda o=obj, m=meta: self.rest.delete(
-                path_for(o["apiVersion"], o["kind"], m.get("namespace"), m["name"]),
-                propagation="Foreground" if o["kind"] == "RoleBasedGroup" else "Background"))
-        left = _wait_gone(self.rest, self.namespace, f"{M.RBG_NAME_LABEL}={self.group}",
-                          self.backend.teardown_timeout_s)
+            try:
+                self.rest.delete(path_for(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
+                                 propagation="Foreground" if obj["kind"] == "RoleBasedGroup" else "Background")
+            except Exception as e:  # best effort: go on with the rest, then say what is left
+                failed.append(f"{obj['kind']} {meta['name']} ({e})")
+        if failed:
+            self._say(f"warning: could not delete {'; '.join(failed)}; `pdlab cleanup --backend k8s` removes "
+                      f"pdlab's leftovers once the API answers")
+            if any(f.startswith("RoleBasedGroup ") for f in failed):
+                return  # its pods stay: nothing to wait for
+        left = _wait_gone(self.rest, self.namespace, self.selector, self.backend.teardown_timeout_s)
+        rbg_path = path_for(f"{GROUP}/{self.api_version}", "RoleBasedGroup", self.namespace, self.group)
+        deadline = time.monotonic() + self.backend.teardown_timeout_s
+        while time.monotonic() < deadline and call_quietly(lambda: self.rest.get_or_none(rbg_path)) is not None:
+            time.sleep(0.1)  # foreground deletion: the group goes after its workloads (and their pods)
         if left:
             self._say(f"warning: pods still terminating after {self.backend.teardown_timeout_s:.0f} s: "
                       f"{', '.join(left)}; `pdlab cleanup --backend k8s` removes pdlab's leftovers")
@@ -588,6 +673,33 @@ def _pod_problem(pod: dict) -> str | None:
     return None
 
 
+def _current(pod: dict, template_hash: str) -> bool:
+    """Ready and running the applied template (its `pdlab.io/template-hash`)."""
+    ann = pod["metadata"].get("annotations") or {}
+    return _pod_ready(pod) and ann.get(M.TEMPLATE_HASH_ANNOTATION) == template_hash
+
+
+def _ordinal(name: str) -> tuple[int, str]:
+    tail = name.rsplit("-", 1)[-1]
+    return (int(tail), name) if tail.isdigit() else (1 << 30, name)
+
+
+def _watch_failed(tag: str, failure: WatchFailed, api_version: str) -> str:
+    """The error that ends wait_ready when a watch keeps failing, naming the cause and what to do."""
+    what = {"rbg": "the RoleBasedGroup", "pod": "pods", "event": "events"}.get(tag, tag)
+    msg = (f"watching {what} failed {failure.failures} times in a row, last: {failure.error}; giving up instead of "
+           f"waiting for backend.k8s.ready_timeout_s")
+    text = str(failure.error)
+    if "conversion webhook" in text:
+        msg += (". The RBG controller's conversion webhook is down (RBG v0.7+ serves v1alpha1 through it): check "
+                "the rbgs controller pod (kubectl get pods -A | grep rbgs), or use backend.k8s.api_version: v1alpha2"
+                if api_version == "v1alpha1" else ". The RBG controller's conversion webhook is down: check the "
+                "rbgs controller pod (kubectl get pods -A | grep rbgs)")
+    elif isinstance(failure.error, ApiStatusError) and failure.error.status >= 500:
+        msg += ". The API server keeps answering 5xx: check the cluster's health"
+    return msg
+
+
 def _in_cluster() -> bool:
     import os
 
@@ -615,6 +727,7 @@ def cleanup_objects(rest: Rest, *, namespace: str | None, experiment: str | None
     """Delete objects carrying pdlab's experiment label (of one experiment, or all) and wait for their pods."""
     selector = f"{M.EXPERIMENT_LABEL}={experiment}" if experiment else M.EXPERIMENT_LABEL
     removed: list[str] = []
+    skipped: list[str] = []
     for kind, av in CLEANUP_KINDS:
         if kind == "RoleBasedGroup":
             group = call_quietly(lambda: rest.get(f"/apis/{GROUP}")) or {}
@@ -628,7 +741,9 @@ def cleanup_objects(rest: Rest, *, namespace: str | None, experiment: str | None
                              what=f"list {kind}s").get("items", [])
         except ApiStatusError as e:
             if e.status in (403, 404):
-                on_event(f"warning: cannot list {kind}s ({e.reason or e.status}); skipped")
+                where = f"in namespace {namespace}" if namespace else "in all namespaces"
+                on_event(f"warning: cannot list {kind}s {where} ({e.reason or e.status}); skipped")
+                skipped.append(kind)
                 continue
             raise
         for obj in items:
@@ -643,16 +758,20 @@ def cleanup_objects(rest: Rest, *, namespace: str | None, experiment: str | None
         left = _wait_gone(rest, namespace, selector, timeout_s)
         if left:
             on_event(f"warning: pods still terminating: {', '.join(left)}")
+    if skipped:
+        on_event(f"warning: could not list {', '.join(skipped)}: those were not cleaned up (RBAC: run in a "
+                 f"namespace the Role covers, --namespace NS, or with rights to list them)")
     return removed
 
 
 def cleanup_k8s(*, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
-                experiment: str | None = None) -> list[str]:
-    """`pdlab cleanup --backend k8s`: remove pdlab-labelled objects in `namespace` (None: every namespace)."""
+                experiment: str | None = None, all_namespaces: bool = False) -> list[str]:
+    """`pdlab cleanup --backend k8s`: remove pdlab-labelled objects in `namespace` (None: the context's
+    namespace; all_namespaces: every namespace)."""
     from pdlab.experiment.spec import K8sSpec
 
-    return K8sBackend(K8sSpec(kubeconfig=kubeconfig, context=context), namespace=namespace).cleanup(
-        experiment=experiment)
+    return K8sBackend(K8sSpec(kubeconfig=kubeconfig, context=context), namespace=namespace,
+                      all_namespaces=all_namespaces).cleanup(experiment=experiment)
 
 
 def rbac_manifests(namespace: str, *, name: str = "pdlab", subject_kind: str = "ServiceAccount",

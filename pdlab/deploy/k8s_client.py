@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
 from kubernetes.stream import portforward as k8s_portforward
@@ -25,6 +26,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from pdlab.core.errors import DeployError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+MIN_CLIENT = 37  # ApiClient.param_serialize, which Rest uses, exists from kubernetes 37 on
 
 # kind → (api group path prefix, plural, namespaced) for every kind pdlab renders or inspects
 KINDS: dict[str, tuple[str, bool]] = {
@@ -56,10 +58,19 @@ class ApiStatusError(DeployError):
         super().__init__(f"{what}: {msg} (HTTP {status}{', ' + self.reason if self.reason else ''})")
 
 
+def require_client() -> None:
+    """Fail with the fix when the installed `kubernetes` client predates what Rest uses (instead of every call
+    later failing as "cannot reach the API server")."""
+    if not hasattr(kclient.ApiClient, "param_serialize"):
+        raise DeployError(f"the installed kubernetes Python client ({getattr(kubernetes, '__version__', '?')}) is too "
+                          f"old: pdlab needs kubernetes>={MIN_CLIENT} (pip install -U 'kubernetes>={MIN_CLIENT}')")
+
+
 def load_client(kubeconfig: str | None = None, context: str | None = None) -> tuple[kclient.ApiClient, str, str]:
     """An ApiClient from a kubeconfig (explicit, $KUBECONFIG or ~/.kube/config) or the in-cluster config.
 
     Returns (client, context name, default namespace of the context)."""
+    require_client()
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube/config")
     if kubeconfig or Path(path).exists():
         try:
@@ -200,16 +211,27 @@ def _decode(data: bytes | None) -> Any:
         return {"message": data.decode(errors="replace")[:500]}
 
 
+class WatchFailed(DeployError):
+    """A watch that failed `failures` times in a row and stopped; `error` is the last failure."""
+
+    def __init__(self, tag: str, failures: int, error: BaseException):
+        self.tag, self.failures, self.error = tag, failures, error
+        super().__init__(f"watch {tag}: {failures} failures in a row, last: {error}")
+
+
 class Watch(threading.Thread):
     """List, then watch a collection from the list's resourceVersion, resuming after drops and bookmarks and
-    re-listing after 410 Expired. Every object goes to `out` as (tag, event type, object)."""
+    re-listing after 410 Expired. Every object goes to `out` as (tag, event type, object); each failure as
+    (tag, "WATCH_ERROR", error); after `give_up_after` failures in a row (no event in between) the thread ends
+    with (tag, "WATCH_FAILED", WatchFailed) so that the consumer can stop waiting and say why."""
 
     def __init__(self, rest: Rest, path: str, out: queue.Queue, *, tag: str, label_selector: str | None = None,
-                 field_selector: str | None = None, timeout_s: float = 30.0):
+                 field_selector: str | None = None, timeout_s: float = 30.0, give_up_after: int = 30):
         super().__init__(name=f"pdlab-watch-{tag}", daemon=True)
         self.rest, self.path, self.out, self.tag = rest, path, out, tag
         self.selectors = {"labelSelector": label_selector, "fieldSelector": field_selector}
         self.timeout_s = timeout_s
+        self.give_up_after = give_up_after
         self.stopped = threading.Event()
         self.reconnects = 0
         self._resp: Any = None
@@ -224,12 +246,13 @@ class Watch(threading.Thread):
     def run(self) -> None:
         rv: str | None = None
         failures = 0
-        while not self.stopped.is_set() and failures < 30:
+        while not self.stopped.is_set():
             try:
-                if rv is None:
-                    lst = self.rest.get(self.path, query=dict(self.selectors), what=f"list {self.tag}")
+                if rv is None:  # no retries inside: this loop is the retry, and counts the failures
+                    lst = self.rest.get(self.path, query=dict(self.selectors), what=f"list {self.tag}", retry=False)
                     rv = lst["metadata"]["resourceVersion"]
                     self.out.put((self.tag, "SYNC", lst.get("items", [])))
+                    failures = 0
                 self._resp = self.rest.stream(self.path, {**self.selectors, "watch": "true", "resourceVersion": rv,
                                                           "allowWatchBookmarks": "true",
                                                           "timeoutSeconds": int(self.timeout_s)}, self.timeout_s + 10)
@@ -253,7 +276,10 @@ class Watch(threading.Thread):
                     return
                 failures += 1
                 self.out.put((self.tag, "WATCH_ERROR", e))
-                self.stopped.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
+                if failures >= self.give_up_after:
+                    self.out.put((self.tag, "WATCH_FAILED", WatchFailed(self.tag, failures, e)))
+                    return
+                self.stopped.wait(min(5.0, 0.1 * 2 ** min(failures, 6)))
             finally:
                 resp, self._resp = self._resp, None
                 if resp is not None:

@@ -3,10 +3,18 @@
 `render(exp)` reproduces the reference ACK deployment (docs/architecture.md, "The reference deployment") for the seed params: RBG roles
 `scheduler` (the PD router), `prefill` and `decode` (or `worker` when colocated), each worker pod
 asking for its TP's GPUs, eRDMA, a memory-backed /dev/shm and the model PVC at /models.
+
+Nothing here depends on the RBG controller's version (docs/rbg-controllers.md): every pod template carries
+pdlab's own labels (`pdlab.io/run`, `pdlab.io/role`) and a hash of itself (`pdlab.io/template-hash`), and pdlab
+renders the headless Service `<group>-<role>` of each worker role itself. Every released controller uses an
+existing Service of that name as the pods' subdomain (v0.4 always names it so; v0.5+ keeps it through
+`GetCompatibleHeadlessServiceName`), so the router's `<group>-<role>-<i>.<group>-<role>` URLs resolve everywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +29,10 @@ if TYPE_CHECKING:
 
 GROUP = "workloads.x-k8s.io"
 API_VERSIONS = ("v1alpha1", "v1alpha2")
-RBG_NAME_LABEL = "rolebasedgroup.workloads.x-k8s.io/name"
-RBG_ROLE_LABEL = "rolebasedgroup.workloads.x-k8s.io/role"
 EXPERIMENT_LABEL = "pdlab.io/experiment"
 RUN_LABEL = "pdlab.io/run"
+ROLE_LABEL = "pdlab.io/role"  # on every pod template: what watches, readiness, Services and discovery select by
+TEMPLATE_HASH_ANNOTATION = "pdlab.io/template-hash"  # a pod runs the applied template iff it carries this hash
 HTTP_PORT = 8000
 ROUTER_METRICS_PORT = 29000
 WORKER_RESOURCES = {"cpu": "4", "memory": "16Gi"}
@@ -43,23 +51,29 @@ def labels(exp: Experiment, run_id: str | None) -> dict[str, str]:
     return out
 
 
-def service_name(exp: Experiment, role: str, api: str = "v1alpha1") -> str:
-    """The headless service RBG creates for a role: `<group>-<role>` (v1alpha1) or `s-<group>-<role>` (v1alpha2)."""
-    return f"s-{exp.name}-{role}" if api == "v1alpha2" else f"{exp.name}-{role}"
+def service_name(exp: Experiment, role: str) -> str:
+    """The headless Service of a worker role, `<group>-<role>`: pdlab renders it, and every RBG controller
+    version makes it the pods' subdomain (see the module docstring)."""
+    return f"{exp.name}-{role}"
 
 
-def pod_dns(exp: Experiment, role: str, index: int, api: str = "v1alpha1") -> str:
-    """Per-pod DNS name inside the namespace, e.g. `sglang-pd-prefill-0.sglang-pd-prefill`."""
-    return f"{exp.name}-{role}-{index}.{service_name(exp, role, api)}"
+Subdomains = dict[str, str]  # worker role → the headless Service its pods actually got as subdomain
 
 
-def worker_url(exp: Experiment, role: str, index: int, api: str = "v1alpha1") -> str:
-    return f"http://{pod_dns(exp, role, index, api)}:{HTTP_PORT}"
+def pod_dns(exp: Experiment, role: str, index: int, subdomains: Subdomains | None = None) -> str:
+    """Per-pod DNS name inside the namespace, e.g. `sglang-pd-prefill-0.sglang-pd-prefill` (the subdomain the
+    role's pods got, when known and different)."""
+    return f"{exp.name}-{role}-{index}.{(subdomains or {}).get(role) or service_name(exp, role)}"
 
 
-def router_command(exp: Experiment, api: str = "v1alpha1") -> list[str]:
+def worker_url(exp: Experiment, role: str, index: int, subdomains: Subdomains | None = None) -> str:
+    return f"http://{pod_dns(exp, role, index, subdomains)}:{HTTP_PORT}"
+
+
+def router_command(exp: Experiment, run_id: str | None = None, subdomains: Subdomains | None = None) -> list[str]:
     """The router container's command: every prefill URL with its bootstrap port, every decode URL."""
     topo = build(exp)
+    sub = subdomains
     extra: dict[str, Any] = {}
     if exp.topology.router.impl == "sglang-router":
         extra["prometheus-host"] = "0.0.0.0"
@@ -68,36 +82,36 @@ def router_command(exp: Experiment, api: str = "v1alpha1") -> list[str]:
         p, d = topo.role("prefill"), topo.role("decode")
         if exp.topology.router.service_discovery:
             args = router_args(exp, prefill=[], decode=[], host="0.0.0.0", port=HTTP_PORT, extra=extra)
-            args = _with_service_discovery(exp, args, ["prefill", "decode"])
+            args = _with_service_discovery(exp, args, ["prefill", "decode"], run_id)
         else:
             args = router_args(
                 exp,
-                prefill=[(worker_url(exp, "prefill", i, api), exp.topology.bootstrap_port) for i in range(p.replicas)],
-                decode=[worker_url(exp, "decode", i, api) for i in range(d.replicas)],
+                prefill=[(worker_url(exp, "prefill", i, sub), exp.topology.bootstrap_port) for i in range(p.replicas)],
+                decode=[worker_url(exp, "decode", i, sub) for i in range(d.replicas)],
                 host="0.0.0.0", port=HTTP_PORT, extra=extra)
     else:
         w = topo.role("worker")
         if exp.topology.router.service_discovery:
             args = _with_service_discovery(exp, router_args(exp, workers=[], host="0.0.0.0", port=HTTP_PORT,
-                                                            extra=extra), ["worker"])
+                                                            extra=extra), ["worker"], run_id)
         else:
-            args = router_args(exp, workers=[worker_url(exp, "worker", i, api) for i in range(w.replicas)],
+            args = router_args(exp, workers=[worker_url(exp, "worker", i, sub) for i in range(w.replicas)],
                                host="0.0.0.0", port=HTTP_PORT, extra=extra)
     return ["python3", *args]
 
 
-def _with_service_discovery(exp: Experiment, args: list[str], roles: list[str]) -> list[str]:
-    """Replace static worker lists with sglang-router's Kubernetes service discovery by RBG labels."""
+def _with_service_discovery(exp: Experiment, args: list[str], roles: list[str], run_id: str | None) -> list[str]:
+    """Replace static worker lists with sglang-router's Kubernetes service discovery by pdlab's pod labels."""
     drop = {"--worker-urls", "--prefill", "--decode"}
     out = [a for a in args if a not in drop]
     out += ["--service-discovery", "--service-discovery-namespace", exp.namespace,
             "--service-discovery-port", str(HTTP_PORT)]
-    sel = f"{RBG_NAME_LABEL}={exp.name}"
+    sel = f"{RUN_LABEL}={run_id or exp.name}"
     if roles == ["worker"]:
-        out += ["--selector", sel, f"{RBG_ROLE_LABEL}=worker"]
+        out += ["--selector", sel, f"{ROLE_LABEL}=worker"]
     else:
-        out += ["--prefill-selector", sel, f"{RBG_ROLE_LABEL}=prefill",
-                "--decode-selector", sel, f"{RBG_ROLE_LABEL}=decode"]
+        out += ["--prefill-selector", sel, f"{ROLE_LABEL}=prefill",
+                "--decode-selector", sel, f"{ROLE_LABEL}=decode"]
     return out
 
 
@@ -142,7 +156,7 @@ def _worker_pod(exp: Experiment, role: Role, lab: dict[str, str]) -> dict:
     }
 
 
-def _router_pod(exp: Experiment, lab: dict[str, str], api: str) -> dict:
+def _router_pod(exp: Experiment, lab: dict[str, str], run_id: str | None, subdomains: Subdomains | None) -> dict:
     ports = [{"containerPort": HTTP_PORT, "name": "http"}]
     if exp.topology.router.impl == "sglang-router":
         ports.append({"containerPort": ROUTER_METRICS_PORT, "name": "metrics"})
@@ -151,7 +165,7 @@ def _router_pod(exp: Experiment, lab: dict[str, str], api: str) -> dict:
             "name": "scheduler",
             "image": exp.router_image or exp.image,
             "imagePullPolicy": "IfNotPresent",
-            "command": router_command(exp, api),
+            "command": router_command(exp, run_id, subdomains),
             "ports": ports,
             "readinessProbe": _probe() | {"initialDelaySeconds": 5},
             "resources": {"limits": {"cpu": "2", "memory": "4Gi"}, "requests": {"cpu": "1", "memory": "2Gi"}},
@@ -162,8 +176,10 @@ def _router_pod(exp: Experiment, lab: dict[str, str], api: str) -> dict:
     return {"metadata": {"labels": dict(lab)}, "spec": spec}
 
 
-def rolebasedgroup(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None = None) -> dict:
-    """The RoleBasedGroup object for an experiment, in the v1alpha1 (ACK) or v1alpha2 (upstream) shape."""
+def rolebasedgroup(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None = None,
+                   subdomains: Subdomains | None = None) -> dict:
+    """The RoleBasedGroup object for an experiment, in the v1alpha1 (ACK) or v1alpha2 (upstream) shape;
+    `subdomains` overrides the workers' Service names in the router's URLs (what the cluster made)."""
     if api not in API_VERSIONS:
         raise SpecError(f"unknown RoleBasedGroup API version '{api}'; use one of {', '.join(API_VERSIONS)}",
                         field="--api")
@@ -172,17 +188,19 @@ def rolebasedgroup(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None
     roles = []
     worker_names = [r.name for r in topo.workers]
     for role in topo.roles:
+        role_lab = {**lab, ROLE_LABEL: role.name}
         if role.name == ROUTER_ROLE:
-            template = _router_pod(exp, lab, api)
+            template = _router_pod(exp, role_lab, run_id, subdomains)
             entry: dict[str, Any] = {"name": role.name, "replicas": 1,
                                      "dependencies": sorted(worker_names)}
         else:
-            template = _worker_pod(exp, role, lab)
+            template = _worker_pod(exp, role, role_lab)
             entry = {"name": role.name, "replicas": role.replicas}
         if api == "v1alpha1":
             entry["template"] = template
         else:
             entry["standalonePattern"] = {"template": template}
+        _stamp(template)
         roles.append(entry)
     # workers first, so a reader sees what the router depends on before the router
     roles = roles[1:] + roles[:1]
@@ -194,18 +212,56 @@ def rolebasedgroup(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None
     }
 
 
+def template_hash(template: dict) -> str:
+    """A short hash of a pod template (without its own hash annotation): what readiness compares pods against."""
+    meta = dict(template.get("metadata") or {})
+    ann = {k: v for k, v in (meta.get("annotations") or {}).items() if k != TEMPLATE_HASH_ANNOTATION}
+    meta["annotations"] = ann
+    return hashlib.sha256(json.dumps({**template, "metadata": meta}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stamp(template: dict) -> None:
+    template.setdefault("metadata", {}).setdefault("annotations", {})[TEMPLATE_HASH_ANNOTATION] = \
+        template_hash(template)
+
+
+def role_templates(rbg: dict) -> dict[str, dict]:
+    """role name → pod template of a rendered RoleBasedGroup, in either API shape."""
+    return {r["name"]: r.get("template") or (r.get("standalonePattern") or {}).get("template") or {}
+            for r in rbg["spec"]["roles"]}
+
+
 def service(exp: Experiment, run_id: str | None = None) -> dict:
-    """ClusterIP Service `<name>:8000` selecting the router (scheduler) pod by RBG's labels."""
+    """ClusterIP Service `<name>:8000` selecting the router (scheduler) pod by pdlab's own labels."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": exp.name, "namespace": exp.namespace, "labels": labels(exp, run_id)},
         "spec": {
             "type": "ClusterIP",
-            "selector": {RBG_NAME_LABEL: exp.name, RBG_ROLE_LABEL: ROUTER_ROLE},
+            "selector": {RUN_LABEL: run_id or exp.name, ROLE_LABEL: ROUTER_ROLE},
             "ports": [{"name": "http", "port": HTTP_PORT, "protocol": "TCP", "targetPort": HTTP_PORT}],
         },
     }
+
+
+def worker_services(exp: Experiment, run_id: str | None = None) -> list[dict]:
+    """The headless Service `<group>-<role>` of each worker role (selecting pdlab's labels), applied before
+    the RoleBasedGroup so that the controller adopts it as the pods' subdomain whatever its version."""
+    out = []
+    for role in build(exp).workers:
+        ports = [{"name": "http", "port": HTTP_PORT, "protocol": "TCP", "targetPort": HTTP_PORT}]
+        if role.mode == "prefill":
+            ports.append({"name": "bootstrap", "port": exp.topology.bootstrap_port, "protocol": "TCP",
+                          "targetPort": exp.topology.bootstrap_port})
+        out.append({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": service_name(exp, role.name), "namespace": exp.namespace,
+                         "labels": {**labels(exp, run_id), ROLE_LABEL: role.name}},
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {RUN_LABEL: run_id or exp.name, ROLE_LABEL: role.name}, "ports": ports},
+        })
+    return out
 
 
 def storage_objects(exp: Experiment, run_id: str | None = None, *, with_secrets: bool = False) -> list[dict]:
@@ -278,13 +334,15 @@ def discovery_rbac(exp: Experiment, run_id: str | None = None) -> list[dict]:
 
 
 def render(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None = None, include_storage: bool = True,
-           with_secrets: bool = False) -> list[dict]:
-    """Every object of the experiment, in apply order: storage, discovery RBAC, RBG, Service."""
+           with_secrets: bool = False, subdomains: Subdomains | None = None) -> list[dict]:
+    """Every object of the experiment, in apply order: storage, discovery RBAC, the workers' headless Services,
+    RBG, router Service."""
     objs: list[dict] = []
     if include_storage:
         objs += storage_objects(exp, run_id, with_secrets=with_secrets)
     objs += discovery_rbac(exp, run_id)
-    objs.append(rolebasedgroup(exp, api=api, run_id=run_id))
+    objs += worker_services(exp, run_id)
+    objs.append(rolebasedgroup(exp, api=api, run_id=run_id, subdomains=subdomains))
     objs.append(service(exp, run_id))
     return objs
 
@@ -306,6 +364,7 @@ def annotate_emulator_args(objs: list[dict], exp: Experiment) -> list[dict]:
             template = role.get("template") or role.get("standalonePattern", {}).get("template") or {}
             value = json.dumps(emulator_args(exp, role["name"]))
             template.setdefault("metadata", {}).setdefault("annotations", {})[EMULATOR_ARGS_ANNOTATION] = value
+            _stamp(template)  # the annotation is part of the template: its hash changes with it
     return objs
 
 

@@ -6,6 +6,7 @@ command locally (sglang → the pdlab emulator): real HTTP on 127.0.0.1 for the 
 """
 
 from pdlab.testing.fakekube.cluster import ApiFault, Faults, Options
+from pdlab.testing.fakekube.rbgprofiles import PROFILES, RbgProfile
 from pdlab.testing.fakekube.server import FakeKube
 
-__all__ = ["ApiFault", "FakeKube", "Faults", "Options"]
+__all__ = ["PROFILES", "ApiFault", "FakeKube", "Faults", "Options", "RbgProfile"]

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route, WebSocketRoute
 
 from pdlab.testing.fakekube import portforward
+from pdlab.testing.fakekube.rbgprofiles import conversion_failure
 from pdlab.testing.fakekube.resources import Res
 from pdlab.testing.fakekube.store import (
     ApiError,
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.4-fakekube", "gitCommit": "0000000",
            "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23.6",
            "compiler": "gc", "platform": "linux/amd64"}
+
+
+RBG_PATH = re.compile(r"^/apis/workloads\.x-k8s\.io/(v[0-9a-z]+)/(?:namespaces/[^/]+/)?rolebasedgroups(?:/|$)")
 
 
 def _status_response(e: ApiError) -> JSONResponse:
@@ -84,6 +88,10 @@ def build_app(cluster: Cluster, controller: Controller) -> Starlette:
                 raise ApiError(fault.status, {409: "Conflict", 500: "InternalError", 503: "ServiceUnavailable",
                                               429: "TooManyRequests"}.get(fault.status, "InternalError"),
                                f"fakekube: injected {fault.status} for {request.method} {request.url.path}")
+            m = RBG_PATH.match(request.url.path)
+            if (m and cluster.opt.faults.conversion_webhook_down and cluster.profile.conversion_webhook
+                    and m.group(1) != cluster.profile.storage):
+                raise ApiError(500, "InternalError", conversion_failure())
             return await _resource(request)
         except ApiError as e:
             return _status_response(e)
@@ -119,6 +127,13 @@ def build_app(cluster: Cluster, controller: Controller) -> Starlette:
         if sub and sub not in r.subresources:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         method = request.method
+        verb = {"GET": "watch" if q.get("watch") in ("true", "1") else ("get" if name else "list"),
+                "POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete" if name else "deletecollection"}.get(method, "get")
+        auth = request.headers.get("authorization", "")
+        # a namespace object is authorized within itself (a Role may grant `get` on its own namespace)
+        scope = ns if r.namespaced else (name if r.plural == "namespaces" else None)
+        cluster.authorize(auth.removeprefix("Bearer ").strip() or None, verb, r, scope, name, sub)
         fm, fv = q.get("fieldManager"), q.get("fieldValidation", "Strict") or "Strict"
         dry = q.get("dryRun") == "All"
         if method == "GET" and name is None:

@@ -1,6 +1,6 @@
 """The fake cluster's state and its API semantics: options, fault settings, create/update/patch/delete with
 validation against CRD schemas, generation and status-subresource rules, RBG version conversion,
-garbage collection of dependents, and Events.
+garbage collection of dependents, Events, in-cluster DNS for pods, and (optionally) RBAC enforcement.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import jsonschema
 
 from pdlab.deploy.manifests import EMULATED_NODE_LABEL
 from pdlab.testing.fakekube import resources as R
+from pdlab.testing.fakekube.rbgprofiles import RbgProfile, profile
 from pdlab.testing.fakekube.store import (
     ApiError,
     Store,
@@ -31,6 +32,7 @@ from pdlab.testing.fakekube.store import (
     strategic_merge_patch,
 )
 
+ADMIN_TOKEN, ADMIN_USER = "fakekube-token", "kubernetes-admin"
 DNS1123_SUB = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 RBG_KEY = "rolebasedgroups.workloads.x-k8s.io"
 
@@ -74,6 +76,7 @@ class Faults:
     api_errors: list[ApiFault] = field(default_factory=list)
     watch_drop_after: int | None = None  # close every watch stream after this many events
     watch_drops: int = 0  # how many watches were dropped (for tests)
+    conversion_webhook_down: bool = False  # profiles with a conversion webhook: non-storage versions answer 500
 
     def api_error(self, method: str, path: str) -> ApiFault | None:
         for f in self.api_errors:
@@ -93,7 +96,10 @@ class Options:
     gpu_product: str = "NVIDIA-L20"
     namespaces: tuple[str, ...] = ("default",)
     install_rbg: bool = True
-    rbg_versions: tuple[str, ...] = ("v1alpha1", "v1alpha2")
+    rbg_profile: str = "v0.8"  # which RBG controller release to behave like (rbgprofiles.PROFILES)
+    rbg_versions: tuple[str, ...] | None = None  # RBG versions served (default: the profile's)
+    # v0.5+ name the headless Service as if their informer cache had not seen an existing `<group>-<role>` yet
+    rbg_stale_service_cache: bool = False
     pvcs: tuple[str, ...] = ()  # Bound PVCs pre-created in the first namespace (e.g. the model's 'llm-model')
     time_scale: float = 0.05  # multiplies kubelet timings: probe delays/periods, pull time, back-offs, grace
     pull_s: float = 2.0
@@ -108,6 +114,7 @@ class Options:
     run_containers: bool = True  # False: containers idle and count as ready (API-only tests, kubectl)
     log_dir: Path | None = None
     faults: Faults = field(default_factory=Faults)
+    rbac: bool = False  # enforce RBAC for ServiceAccount tokens (kubeconfig(user=...)); the admin token bypasses it
 
 
 class Cluster:
@@ -115,6 +122,8 @@ class Cluster:
 
     def __init__(self, options: Options):
         self.opt = options
+        self.profile: RbgProfile = profile(options.rbg_profile)
+        self.tokens: dict[str, str] = {ADMIN_TOKEN: ADMIN_USER}  # bearer token → user name
         self.store = Store()
         self.server_address = "127.0.0.1:0"
         self._seed()
@@ -150,11 +159,17 @@ class Cluster:
                                         "bootID": f"boot-{i:08d}"}}})
         if self.opt.install_rbg:
             crd = copy.deepcopy(R.rbg_crd())
+            served = self.opt.rbg_versions or self.profile.versions
             for v in crd["spec"]["versions"]:
-                v["served"] = v["name"] in self.opt.rbg_versions
-            crd["status"] = {"acceptedNames": crd["spec"]["names"], "storedVersions": ["v1alpha2"],
+                v["served"] = v["name"] in served
+                v["storage"] = v["name"] == self.profile.storage
+            crd["status"] = {"acceptedNames": crd["spec"]["names"], "storedVersions": [self.profile.storage],
                              "conditions": [{"type": "Established", "status": "True"}]}
-            self.create(self.res("apiextensions.k8s.io", "v1", "customresourcedefinitions"), None, crd)
+            crds = [crd]
+            if self.profile.v1alpha2_workload == "RoleInstanceSet":
+                crds += [R.simple_crd("RoleInstanceSet", "roleinstancesets"), R.simple_crd("RoleInstance", "roleinstances")]
+            for c in crds:
+                self.create(self.res("apiextensions.k8s.io", "v1", "customresourcedefinitions"), None, c)
         for pvc in self.opt.pvcs:
             self.create(self.res("", "v1", "persistentvolumeclaims"), self.opt.namespaces[0], {
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": pvc},
@@ -423,6 +438,79 @@ class Cluster:
                         self.store.remove(key, None, name)
                 elif not fins and not self.dependents(meta["uid"]):
                     self.store.remove(key, ns, name)
+
+    # -- in-cluster DNS ------------------------------------------------------------------------------
+    def pod_dns(self, ns: str, host: str, subdomain: str) -> str | None:
+        """The pod that `<host>.<subdomain>` names in `ns`, or None (NXDOMAIN). As with cluster DNS, the name
+        exists only when a Service `<subdomain>` exists and selects a pod whose spec.hostname/subdomain are these;
+        a pod not created yet counts when the Service exists (its record appears with it)."""
+        svc = self.store.get("services", ns, subdomain)
+        if svc is None:
+            return None
+        selector = (svc.get("spec") or {}).get("selector") or {}
+        pods = [p for p in self.store.list("pods", ns) if not p["metadata"].get("deletionTimestamp")
+                and (p["spec"].get("hostname") or p["metadata"]["name"]) == host]
+        if not pods:
+            return host if self.store.get("pods", ns, host) is None else None
+        for p in pods:
+            labels = p["metadata"].get("labels") or {}
+            if p["spec"].get("subdomain") == subdomain and selector and all(labels.get(k) == v
+                                                                             for k, v in selector.items()):
+                return p["metadata"]["name"]
+        return None
+
+    # -- RBAC --------------------------------------------------------------------------------------------
+    def user_token(self, user: str) -> str:
+        """A bearer token for `user` (e.g. system:serviceaccount:NS:NAME), for kubeconfig(user=...)."""
+        token = "fakekube-" + re.sub(r"[^a-z0-9]+", "-", user.lower()).strip("-")
+        self.tokens[token] = user
+        return token
+
+    def authorize(self, token: str | None, verb: str, r: R.Res, ns: str | None, name: str | None,
+                  sub: str | None = None) -> None:
+        """Raise 403 like the RBAC authorizer when rbac is on and the token's user may not do this."""
+        if not self.opt.rbac:
+            return
+        user = self.tokens.get(token or "")
+        if user is None:
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        if user == ADMIN_USER:
+            return
+        resource = f"{r.plural}/{sub}" if sub else r.plural
+        for rule in self._rules(user, ns):
+            if (any(g in ("*", r.group) for g in rule.get("apiGroups", []))
+                    and any(x in ("*", resource) for x in rule.get("resources", []))
+                    and any(v in ("*", verb) for v in rule.get("verbs", []))
+                    and (not rule.get("resourceNames") or name in rule["resourceNames"])):
+                return
+        what = f'{r.qualified()} "{name}"' if name else r.qualified()
+        scope = f'in the namespace "{ns}"' if ns else "at the cluster scope"
+        raise ApiError(403, "Forbidden", f'{what} is forbidden: User "{user}" cannot {verb} resource "{resource}" '
+                       f'in API group "{r.group}" {scope}', {"name": name or "", "group": r.group, "kind": r.plural})
+
+    def _rules(self, user: str, ns: str | None) -> list[dict]:
+        def bound(b: dict) -> bool:
+            for s in b.get("subjects") or []:
+                sa = f"system:serviceaccount:{s.get('namespace', '')}:{s.get('name')}"
+                if (s.get("kind") == "ServiceAccount" and sa == user) or (s.get("kind") == "User"
+                                                                          and s.get("name") == user):
+                    return True
+            return False
+
+        rules: list[dict] = []
+        refs = [b["roleRef"] for b in self.store.list("clusterrolebindings.rbac.authorization.k8s.io") if bound(b)]
+        for ref in refs:
+            role = self.store.get("clusterroles.rbac.authorization.k8s.io", None, ref["name"])
+            rules += (role or {}).get("rules") or []
+        if ns is not None:
+            for b in self.store.list("rolebindings.rbac.authorization.k8s.io", ns):
+                if not bound(b):
+                    continue
+                ref = b["roleRef"]
+                role = self.store.get("roles.rbac.authorization.k8s.io", ns, ref["name"]) if ref["kind"] == "Role" \
+                    else self.store.get("clusterroles.rbac.authorization.k8s.io", None, ref["name"])
+                rules += (role or {}).get("rules") or []
+        return rules
 
     # -- events ---------------------------------------------------------------------------------------
     def event(self, obj: dict, etype: str, reason: str, message: str, component: str = "kubelet",

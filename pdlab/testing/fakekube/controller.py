@@ -1,5 +1,5 @@
-"""The simulated control plane and nodes: the RBG controller (a StatefulSet and a headless Service per role,
-pods `<group>-<role>-<i>`, role dependencies, status), a PV binder, the scheduler (GPU/eRDMA accounting,
+"""The simulated control plane and nodes: the RBG controller (rbgcontroller.py, as one released version
+behaves: workloads, headless Services, pods `<group>-<role>-<i>`, role dependencies, status, events), a PV binder, the scheduler (GPU/eRDMA accounting,
 FailedScheduling), and a kubelet per pod that pulls, starts the container's command *rewritten to run
 here* (sglang → the pdlab emulator, DNS names and ports → 127.0.0.1 and free ports), probes readiness,
 restarts crashed containers with back-off and stops them on deletion.
@@ -24,11 +24,10 @@ from typing import Any
 
 from pdlab.core.fsutil import free_port
 from pdlab.deploy.manifests import EMULATOR_ARGS_ANNOTATION
-from pdlab.testing.fakekube.cluster import RBG_KEY, Cluster, rbg_created_as
-from pdlab.testing.fakekube.store import ApiError, now
+from pdlab.testing.fakekube.cluster import Cluster
+from pdlab.testing.fakekube.rbgcontroller import RbgController
+from pdlab.testing.fakekube.store import now
 
-NAME_LABEL = "rolebasedgroup.workloads.x-k8s.io/name"
-ROLE_LABEL = "rolebasedgroup.workloads.x-k8s.io/role"
 SCHED_RESOURCES = ("nvidia.com/gpu", "aliyun/erdma")
 HOST_FLAGS = {"--host", "--prometheus-host"}
 URL_RE = re.compile(r"^(?P<scheme>https?://)?(?P<host>[a-z0-9][a-z0-9.-]*):(?P<port>\d+)(?P<rest>/.*)?$")
@@ -69,6 +68,7 @@ class Controller:
 
     def __init__(self, cluster: Cluster, log_dir: Path):
         self.c = cluster
+        self.rbg = RbgController(cluster)
         self.log_dir = log_dir
         self.runs: dict[tuple[str, str], _Run] = {}
         self.ports: dict[tuple[str, str, int], int] = {}
@@ -106,149 +106,10 @@ class Controller:
 
     def reconcile(self) -> None:
         self.c.collect_garbage()
-        for rbg in self.c.store.list(RBG_KEY):
-            if not rbg["metadata"].get("deletionTimestamp"):
-                self._rbg(rbg)
+        self.rbg.reconcile()
         self._bind_volumes()
         self._schedule()
         self._kubelet()
-        self._statuses()
-
-    # -- RBG controller -----------------------------------------------------------------------------------
-    def _rbg(self, rbg: dict) -> None:
-        meta = rbg["metadata"]
-        group, ns, uid = meta["name"], meta["namespace"], meta["uid"]
-        roles = (rbg.get("spec") or {}).get("roles") or []
-        v2 = rbg_created_as(rbg) == "v1alpha2"
-        ready = {r["name"]: self._role_ready(ns, group, r["name"]) for r in roles}
-        owner = {"apiVersion": rbg["apiVersion"], "kind": "RoleBasedGroup", "name": group, "uid": uid,
-                 "controller": True, "blockOwnerDeletion": True}
-        for role in roles:
-            rname, replicas = role["name"], int(role.get("replicas", 1))
-            template = copy.deepcopy(role.get("template") or {})
-            tlabels = {**(template.get("metadata") or {}).get("labels", {}), NAME_LABEL: group, ROLE_LABEL: rname}
-            svc = f"s-{group}-{rname}" if v2 else f"{group}-{rname}"
-            sts = f"{group}-{rname}"
-            rev = _hash(template)
-            ports = [{"name": p.get("name") or f"p{p['containerPort']}", "port": p["containerPort"],
-                      "targetPort": p["containerPort"], "protocol": "TCP"}
-                     for ctr in (template.get("spec") or {}).get("containers", []) for p in ctr.get("ports", [])]
-            self._ensure("services", ns, svc, {
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": svc, "namespace": ns, "labels": {NAME_LABEL: group, ROLE_LABEL: rname},
-                             "ownerReferences": [owner]},
-                "spec": {"clusterIP": "None", "selector": {NAME_LABEL: group, ROLE_LABEL: rname},
-                         "ports": ports or [{"name": "http", "port": 8000}], "publishNotReadyAddresses": True}})
-            sts_obj = self._ensure("statefulsets", ns, sts, {
-                "apiVersion": "apps/v1", "kind": "StatefulSet",
-                "metadata": {"name": sts, "namespace": ns, "labels": {NAME_LABEL: group, ROLE_LABEL: rname},
-                             "ownerReferences": [owner]},
-                "spec": {"replicas": replicas, "serviceName": svc, "podManagementPolicy": "Parallel",
-                         "selector": {"matchLabels": {NAME_LABEL: group, ROLE_LABEL: rname}},
-                         "template": {**template, "metadata": {**(template.get("metadata") or {}), "labels": tlabels}}}},
-                update_spec=True)
-            deps_ok = all(ready.get(d, (0, 0))[0] >= ready.get(d, (0, 1))[1] > 0 or
-                          (ready.get(d) and ready[d][1] == 0) for d in role.get("dependencies") or [])
-            pods = {p["metadata"]["name"]: p for p in self.c.store.list("pods", ns)
-                    if any(o.get("uid") == sts_obj["metadata"]["uid"] for o in p["metadata"].get("ownerReferences", []))}
-            for name, pod in pods.items():
-                idx = int(name.rsplit("-", 1)[1])
-                if idx >= replicas and not pod["metadata"].get("deletionTimestamp"):
-                    self.c.delete(self.c.res("", "v1", "pods"), ns, name)
-            if deps_ok:
-                for i in range(replicas):
-                    name = f"{group}-{rname}-{i}"
-                    if name not in pods:
-                        self._create_pod(ns, name, i, group, rname, svc, template, tlabels, rev, sts_obj)
-            # rolling update: replace one stale pod at a time, highest ordinal first, once the rest are ready
-            stale = sorted((p for p in pods.values() if p["metadata"]["labels"].get("controller-revision-hash")
-                            != f"{sts}-{rev}" and not p["metadata"].get("deletionTimestamp")),
-                           key=lambda p: -int(p["metadata"]["name"].rsplit("-", 1)[1]))
-            busy = any(p["metadata"].get("deletionTimestamp") for p in pods.values())
-            if stale and not busy:
-                self.c.delete(self.c.res("", "v1", "pods"), ns, stale[0]["metadata"]["name"])
-        self._rbg_status(rbg, roles)
-
-    def _role_ready(self, ns: str, group: str, role: str) -> tuple[int, int]:
-        rbg = self.c.store.get(RBG_KEY, ns, group)
-        want = next((int(r.get("replicas", 1)) for r in (rbg or {}).get("spec", {}).get("roles", [])
-                     if r["name"] == role), 0)
-        n = sum(1 for p in self.c.store.list("pods", ns) if p["metadata"]["labels"].get(NAME_LABEL) == group
-                and p["metadata"]["labels"].get(ROLE_LABEL) == role and _pod_ready(p)
-                and not p["metadata"].get("deletionTimestamp"))
-        return n, want
-
-    def _ensure(self, plural: str, ns: str, name: str, obj: dict, update_spec: bool = False) -> dict:
-        key = plural if plural != "statefulsets" else "statefulsets.apps"
-        cur = self.c.store.get(key, ns, name)
-        if cur is None:
-            group = "apps" if plural == "statefulsets" else ""
-            return self.c.create(self.c.res(group, "v1", plural), ns, obj, field_manager="rbgs-controller")
-        if update_spec and cur.get("spec") != obj["spec"]:
-            cur = copy.deepcopy(cur)
-            cur["spec"] = obj["spec"]
-            cur["metadata"]["generation"] = cur["metadata"].get("generation", 1) + 1
-            return self.c.store.put(key, ns, cur)
-        return cur
-
-    def _create_pod(self, ns: str, name: str, idx: int, group: str, role: str, svc: str, template: dict,
-                    labels: dict, rev: str, sts: dict) -> None:
-        spec = copy.deepcopy(template.get("spec") or {})
-        extra_env = [{"name": "GROUP_NAME", "value": group}, {"name": "ROLE_NAME", "value": role},
-                     {"name": "ROLE_INDEX", "value": str(idx)}]
-        for ctr in spec.get("containers", []):
-            ctr["env"] = [*ctr.get("env", []), *extra_env]
-            ctr.setdefault("imagePullPolicy", "IfNotPresent")
-            ctr.setdefault("terminationMessagePath", "/dev/termination-log")
-        spec.update(hostname=name, subdomain=svc)
-        spec.setdefault("restartPolicy", "Always")
-        spec.setdefault("schedulerName", "default-scheduler")
-        spec.setdefault("terminationGracePeriodSeconds", 30)
-        spec.setdefault("serviceAccountName", "default")
-        lab = {**labels, "controller-revision-hash": f"{sts['metadata']['name']}-{rev}",
-               "statefulset.kubernetes.io/pod-name": name, "apps.kubernetes.io/pod-index": str(idx)}
-        meta = {"name": name, "namespace": ns, "labels": lab,
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"],
-                                     "uid": sts["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]}
-        ann = (template.get("metadata") or {}).get("annotations")
-        if ann:
-            meta["annotations"] = dict(ann)
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec,
-               "status": {"phase": "Pending", "qosClass": "Burstable"}}
-        try:
-            self.c.create(self.c.res("", "v1", "pods"), ns, pod, field_manager="kube-controller-manager")
-        except ApiError as e:
-            if e.code != 409:
-                raise
-
-    def _rbg_status(self, rbg: dict, roles: list[dict]) -> None:
-        meta = rbg["metadata"]
-        rs, all_ready = [], bool(roles)
-        for role in roles:
-            n, want = self._role_ready(meta["namespace"], meta["name"], role["name"])
-            sts = self.c.store.get("statefulsets.apps", meta["namespace"], f"{meta['name']}-{role['name']}")
-            rev = (sts or {}).get("spec", {}).get("template")
-            updated = sum(1 for p in self.c.store.list("pods", meta["namespace"])
-                          if p["metadata"]["labels"].get(NAME_LABEL) == meta["name"]
-                          and p["metadata"]["labels"].get(ROLE_LABEL) == role["name"]
-                          and rev is not None and p["metadata"]["labels"].get("controller-revision-hash", "")
-                          .endswith(_hash(role.get("template") or {})))
-            rs.append({"name": role["name"], "readyReplicas": n, "replicas": want, "updatedReplicas": updated})
-            all_ready = all_ready and n >= want
-        old = rbg.get("status") or {}
-        cond_old = next((c for c in old.get("conditions", []) if c["type"] == "Ready"), None)
-        status_s = "True" if all_ready else "False"
-        cond = {"type": "Ready", "status": status_s,
-                "reason": "AllRolesReady" if all_ready else "RolesNotReady",
-                "message": "All roles are ready" if all_ready else "not all roles are ready: " + ", ".join(
-                    f"{r['name']} {r['readyReplicas']}/{r['replicas']}" for r in rs if r["readyReplicas"] < r["replicas"]),
-                "lastTransitionTime": cond_old["lastTransitionTime"] if cond_old and cond_old["status"] == status_s
-                else now(), "observedGeneration": meta.get("generation", 1)}
-        new = {"conditions": [cond], "observedGeneration": meta.get("generation", 1), "roleStatuses": rs}
-        if new != old:
-            obj = copy.deepcopy(rbg)
-            obj["status"] = new
-            self.c.store.put(RBG_KEY, meta["namespace"], obj)
 
     # -- PV binder -------------------------------------------------------------------------------------
     def _bind_volumes(self) -> None:
@@ -611,20 +472,6 @@ class Controller:
             pod["status"] = status
             self.c.store.put("pods", key[0], pod)
 
-    def _statuses(self) -> None:
-        for sts in self.c.store.list("statefulsets.apps"):
-            meta = sts["metadata"]
-            pods = [p for p in self.c.store.list("pods", meta["namespace"])
-                    if any(o.get("uid") == meta["uid"] for o in p["metadata"].get("ownerReferences", []))]
-            new = {"replicas": len(pods), "readyReplicas": sum(1 for p in pods if _pod_ready(p)),
-                   "availableReplicas": sum(1 for p in pods if _pod_ready(p)),
-                   "currentReplicas": len(pods), "updatedReplicas": len(pods),
-                   "observedGeneration": meta.get("generation", 1)}
-            if sts.get("status") != new:
-                sts = copy.deepcopy(sts)
-                sts["status"] = new
-                self.c.store.put("statefulsets.apps", meta["namespace"], sts)
-
     # -- logs -------------------------------------------------------------------------------------------
     def logs(self, ns: str, name: str, previous: bool = False) -> str | None:
         run = self.runs.get((ns, name))
@@ -684,6 +531,22 @@ class Controller:
             return None, env
         return prefix + self._rewrite(ns, name, rest) + extra, env
 
+    def _resolve(self, ns: str, host: str) -> tuple[str, str] | None:
+        """(namespace, pod) standing behind an in-cluster DNS name, or None when the name would not resolve:
+        a pod name needs its Service (Cluster.pod_dns); a Service name resolves to the first pod it selects."""
+        namespaces = {n["metadata"]["name"] for n in self.c.store.list("namespaces")}
+        target_ns, sub, first = _split_host(ns, host, namespaces)
+        if sub is not None:
+            name = self.c.pod_dns(target_ns, first, sub)
+            return (target_ns, name) if name else None
+        svc = self.c.store.get("services", target_ns, first)
+        if svc is None:
+            return None
+        sel = (svc.get("spec") or {}).get("selector") or {}
+        pods = [p for p in self.c.store.list("pods", target_ns) if sel and all(
+            (p["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items())]
+        return (target_ns, pods[0]["metadata"]["name"]) if pods else (target_ns, first)
+
     def _rewrite(self, ns: str, pod: str, args: list[str]) -> list[str]:
         """Hosts → 127.0.0.1; this pod's ports → its local ports; `<pod>.<svc>:<port>` URLs → local ports."""
         out: list[str] = []
@@ -696,8 +559,12 @@ class Controller:
             elif prev.startswith("--") and prev.endswith("port") and tok.isdigit():
                 out.append(str(self.port_for(ns, pod, int(tok))))
             elif m and "." in m.group("host") and not m.group("host").replace(".", "").isdigit():
-                labels = m.group("host").split(".")
-                target = (labels[2] if len(labels) > 2 and labels[2] != "svc" else ns, labels[0])
+                target = self._resolve(ns, m.group("host"))
+                if target is None:  # NXDOMAIN: the name stays unresolvable for the process too
+                    out.append(f"{m.group('scheme') or ''}{m.group('host')}.nxdomain.invalid:{m.group('port')}"
+                               f"{m.group('rest') or ''}")
+                    prefill_pod = None
+                    continue
                 local = self.port_for(*target, int(m.group("port")))
                 out.append(f"{m.group('scheme') or ''}127.0.0.1:{local}{m.group('rest') or ''}")
                 prefill_pod = target if prev == "--prefill" else None
@@ -708,6 +575,15 @@ class Controller:
                 out.append(tok)
             prefill_pod = None
         return out
+
+
+def _split_host(ns: str, host: str, namespaces: set[str]) -> tuple[str, str | None, str]:
+    """(namespace, subdomain or None for a Service name, first label) of an in-cluster DNS name:
+    `<host>.<subdomain>[.<ns>[.svc[.cluster.local]]]` names a pod, `<svc>[.<ns>[.svc…]]` a Service."""
+    labels = host.split(".")
+    if len(labels) >= 2 and (labels[1] in namespaces or labels[1] == "svc"):
+        return (labels[1] if labels[1] != "svc" else ns), None, labels[0]
+    return (labels[2] if len(labels) > 2 and labels[2] != "svc" else ns), labels[1], labels[0]
 
 
 def _annotated_emu_args(pod: dict) -> list[str]:
@@ -741,5 +617,3 @@ def _requests(pod: dict) -> dict[str, float]:
     return out
 
 
-def _pod_ready(pod: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions", []))

@@ -93,6 +93,17 @@ def rbg_crd() -> dict:
     return json.loads(gzip.decompress(raw))
 
 
+def simple_crd(kind: str, plural: str, group: str = "workloads.x-k8s.io", version: str = "v1alpha2") -> dict:
+    """A schemaless CRD (any fields kept) with a status subresource, e.g. RBG v0.8's RoleInstanceSet."""
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.{group}"},
+            "spec": {"group": group, "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+                     "versions": [{"name": version, "served": True, "storage": True, "subresources": {"status": {}},
+                                   "schema": {"openAPIV3Schema": {"type": "object",
+                                                                  "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
 def crd_res(crd: dict) -> Res | None:
     """The served resource a stored CRD defines (None when it serves no version)."""
     spec = crd.get("spec", {})

@@ -18,7 +18,7 @@ import uvicorn
 import yaml
 
 from pdlab.testing.fakekube.api import build_app
-from pdlab.testing.fakekube.cluster import Cluster, Faults, Options
+from pdlab.testing.fakekube.cluster import ADMIN_TOKEN, Cluster, Faults, Options
 from pdlab.testing.fakekube.controller import Controller
 
 T = TypeVar("T")
@@ -103,12 +103,14 @@ class FakeKube:
         return self.options.faults
 
     def kubeconfig(self, path: str | Path | None = None, *, namespace: str = "default",
-                   context: str = CONTEXT) -> Path:
-        """Write a kubeconfig for this server (token auth over plain HTTP) and return its path."""
+                   context: str = CONTEXT, user: str | None = None) -> Path:
+        """Write a kubeconfig for this server (token auth over plain HTTP) and return its path; `user` (e.g.
+        `system:serviceaccount:NS:NAME`) gets its own token, which Options(rbac=True) holds to its RBAC rules."""
         path = Path(path) if path else self._tmp / "kubeconfig"
+        token = self.call(lambda: self.cluster.user_token(user)) if user else ADMIN_TOKEN
         doc = {"apiVersion": "v1", "kind": "Config", "preferences": {},
                "clusters": [{"name": context, "cluster": {"server": self.url}}],
-               "users": [{"name": context, "user": {"token": "fakekube-token"}}],
+               "users": [{"name": context, "user": {"token": token}}],
                "contexts": [{"name": context, "context": {"cluster": context, "user": context,
                                                           "namespace": namespace}}],
                "current-context": context}
