@@ -13,8 +13,6 @@ from pathlib import Path
 from pdlab import __version__
 from pdlab.core.errors import PdlabError
 
-PLAN_MAX_REQUESTS = 200_000  # simulated requests per arm: the virtual-time engine does a few thousand per second
-
 
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD.PATH=VALUE",
@@ -43,10 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("params")
     _add_set(p)
 
-    p = sub.add_parser("plan", help="simulate every xPyD ratio and the colocated baseline in virtual time (seconds)")
+    p = sub.add_parser("plan", help="recommend a deployment for a GPU budget: every TP, colocated and PD, the highest "
+                       "rate meeting the SLO, in virtual time (seconds); --rate-curve ranks fixed arms per rate")
     p.add_argument("params")
-    p.add_argument("--budget", type=int, default=None, help="GPUs per arm (default: the params' topology's GPUs)")
-    p.add_argument("--tp", type=int, default=None, help="TP of every instance (default: the params' TP)")
+    p.add_argument("--budget", type=int, default=None, help="GPUs to plan for (default: the params' topology's GPUs)")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument("--emit", default=None, metavar="DIR",
+                   help="write the winner's params, a sweep measuring the plan, and its predictions into DIR")
+    p.add_argument("--rate-curve", action="store_true",
+                   help="instead: every xPyD at one TP and the colocated baseline at workload.rates, ranked per rate")
+    p.add_argument("--tp", type=int, default=None, help="with --rate-curve: TP of every instance (default: the params')")
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
     _add_set(p)
 
@@ -132,28 +136,10 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from pdlab.experiment.loader import load_experiment
-    from pdlab.plan.planner import format_plan, plan
+    from pdlab.plan.command import run
 
-    exp = load_experiment(a.params, a.overrides)
-    per_arm = sum(v for k, v in exp.workload.levels if k == "rate") * (exp.workload.duration_s or 60)
-    if per_arm > PLAN_MAX_REQUESTS:
-        raise PdlabError(f"{a.params}: field 'workload.duration_s': the plan would simulate {per_arm:,.0f} requests "
-                         f"per arm (limit {PLAN_MAX_REQUESTS:,}, about a minute each); lower workload.rates or "
-                         "workload.duration_s, e.g. --set workload.duration_s=60")
-    print(f"planning {exp.model.name} on {exp.gpu.type}: every arm at equal GPU count, rates "
-          f"{', '.join(f'{v:g}' for k, v in exp.workload.levels if k == 'rate')} req/s, "
-          f"{exp.workload.duration_s or 60:g} s each, in virtual time", file=sys.stderr)
-    table = plan(exp, budget=a.budget, tp=a.tp)
-    print(format_plan(table))
-    if a.csv:
-        from pdlab.core.fsutil import write_atomic
-
-        try:
-            write_atomic(Path(a.csv), table.to_csv(index=False))
-        except OSError as e:
-            raise PdlabError(f"--csv {a.csv}: cannot write ({e.strerror or e}); give a writable file path") from None
-    return 0
+    return run(a.params, a.overrides, budget=a.budget, tp=a.tp, rate_curve=a.rate_curve, as_json=a.json,
+               emit_dir=a.emit, csv=a.csv)
 
 
 def cmd_deploy(a: argparse.Namespace) -> int:

@@ -164,6 +164,6 @@ def test_labels_that_would_break_teardown_or_the_cluster(labels: str, match: str
 
 
 def test_plan_too_large_to_simulate_is_refused(params_dir: Path, capsys) -> None:
-    err = _err(capsys, ["plan", str(params_dir / "demo-local.yaml"), "--set", "workload.rates=[5000]",
+    err = _err(capsys, ["plan", str(params_dir / "demo-local.yaml"), "--rate-curve", "--set", "workload.rates=[5000]",
                         "--set", "workload.duration_s=3600"])
     assert "workload.duration_s" in err and "limit 200,000" in err

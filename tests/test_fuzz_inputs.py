@@ -123,7 +123,7 @@ def test_plan_never_crashes_nor_half_writes(demo: dict, data: st.DataObject, tmp
     f = _write(d / "params.yaml", _mutate(demo, data))
     csv = d / "out" / "plan.csv"
     # short levels keep each case cheap; the fuzzed fields still reach the planner through the file
-    rc = main(["plan", str(f), "--csv", str(csv), "--set", "workload.duration_s=2"])
+    rc = main(["plan", str(f), "--rate-curve", "--csv", str(csv), "--set", "workload.duration_s=2"])
     _check(rc, capsys.readouterr().err)
     written = sorted(p.name for p in (d / "out").iterdir()) if (d / "out").exists() else []
     assert written == (["plan.csv"] if rc == 0 else [])
@@ -138,7 +138,7 @@ def test_plan_options_never_crash(demo: dict, data: st.DataObject, budget: str |
                                   tmp_path_factory, capsys) -> None:
     d = tmp_path_factory.mktemp("fuzz")
     f = _write(d / "params.yaml", yaml.safe_dump(demo))
-    argv = ["plan", str(f), "--set", "workload.duration_s=2", "--set", "workload.rates=[1]"]
+    argv = ["plan", str(f), "--rate-curve", "--set", "workload.duration_s=2", "--set", "workload.rates=[1]"]
     argv += ["--budget", budget] if budget else []
     argv += ["--tp", tp] if tp else []
     try:

@@ -1,4 +1,4 @@
-"""Virtual-time planning: arms at equal GPU count, engine configs from the real argument lists, PD vs colocated."""
+"""Rate-curve planning: arms at equal GPU count, engine configs from the real argument lists, PD vs colocated."""
 
 from __future__ import annotations
 
@@ -46,20 +46,33 @@ def test_plan_is_deterministic_and_shows_the_pd_effect(demo) -> None:
     # one prefill instance cannot keep up with 6 req/s of 2k-token prompts: its queue grows
     assert high.loc["1P3D (TP1)", "ttft_p50_ms"] > 10 * high.loc["3P1D (TP1)", "ttft_p50_ms"]
     best = best_per_rate(table).set_index("rate")
-    assert best.loc[6.0, "arm"] == high["goodput_per_gpu"].idxmax()
+    ok = table[table["meets_slo"]]
+    for rate in (2.0, 6.0):
+        at = ok[ok["rate"] == rate].set_index("arm")
+        assert best.loc[rate, "arm"] == (at["goodput_per_gpu"].idxmax() if len(at) else None)
+    assert not table[table["collapsed"]]["meets_slo"].any()
     text = format_plan(table)
     assert "emulated, virtual time" in text
-    assert len(re.findall(r"^\s*[\d.]+ \*", text, re.M)) == 2  # one winner marked per rate
+    marked = len(re.findall(r"^\s*[\d.]+ \*", text, re.M))
+    assert marked == best["arm"].notna().sum()  # a winner only where some arm meets the SLO
+
+
+def test_rate_curve_never_marks_a_collapsed_or_slo_missing_arm_best(demo) -> None:
+    table = plan(demo, budget=4, rates=[40.0])  # far beyond every arm's capacity
+    assert table["collapsed"].all() and not table["meets_slo"].any()
+    assert best_per_rate(table)["arm"].isna().all()
+    text = format_plan(table)
+    assert "no arm meets the SLO at this rate" in text and not re.search(r"^\s*[\d.]+ \*", text, re.M)
 
 
 def test_cli_plan_and_its_errors(params_dir: Path, capsys, tmp_path: Path) -> None:
     out = tmp_path / "plan.csv"
-    rc = main(["plan", str(params_dir / "demo-local.yaml"), "--budget", "2", "--set", "workload.rates=[1]",
-               "--set", "workload.duration_s=10", "--csv", str(out)])
+    rc = main(["plan", str(params_dir / "demo-local.yaml"), "--rate-curve", "--budget", "2", "--set",
+               "workload.rates=[1]", "--set", "workload.duration_s=10", "--csv", str(out)])
     assert rc == 0
     assert "1P1D (TP1)" in capsys.readouterr().out and out.read_text().startswith("arm,")
-    rc = main(["plan", str(params_dir / "demo-local.yaml"), "--set", "workload.concurrencies=[4]",
+    rc = main(["plan", str(params_dir / "demo-local.yaml"), "--rate-curve", "--set", "workload.concurrencies=[4]",
                 "--set", "workload.rates=null"])
     assert rc == 2 and "workload.rates" in capsys.readouterr().err
-    rc = main(["plan", str(params_dir / "demo-local.yaml"), "--budget", "3", "--tp", "2"])
+    rc = main(["plan", str(params_dir / "demo-local.yaml"), "--rate-curve", "--budget", "3", "--tp", "2"])
     assert rc == 2 and "--budget" in capsys.readouterr().err

@@ -43,6 +43,7 @@ from pdlab.experiment.profiles import GPUProfile, LinkProfile, ModelProfile
 from pdlab.experiment.profiles import link as link_profile
 
 MODES = ("null", "prefill", "decode")
+COALESCE_STEPS = 32  # most decode steps `simulate` runs as one event
 
 
 @dataclass
@@ -338,6 +339,29 @@ class Engine:
                     self._finish(r, now)
             self.running = [r for r in self.running if r.state == "running"]
 
+    def complete_decode_run(self, batch: Batch, ends: list[float]) -> None:
+        """Apply len(ends) consecutive decode steps of `batch`, step i ending at ends[i] (virtual time only).
+
+        Same state as calling `complete` once per step, provided no request of the batch finishes before the last
+        step and nothing else touched the engine meanwhile; emits "finished" but no "token" events.
+        """
+        k, now = len(ends), ends[-1]
+        gap = max((b - a for a, b in zip(ends, ends[1:], strict=False)), default=0.0)
+        first = ends[0]
+        for r in batch.decode:
+            if r.state != "running":
+                continue
+            r.generated += k
+            r.held += k
+            self.used += k
+            self.generation_tokens_total += k
+            r.max_itl = max(r.max_itl, gap, first - r.t_last if r.t_last is not None else 0.0)
+            r.t_last = now
+            if r.generated >= r.max_new_tokens:
+                self._finish(r, now)
+        self.steps += k
+        self.running = [r for r in self.running if r.state == "running"]
+
     def _token(self, r: Req, now: float) -> None:
         r.generated += 1
         self.generation_tokens_total += 1
@@ -469,11 +493,18 @@ def simulate(
     decode_policy: routing.Policy | None = None,
     seed: int = 0,
     max_events: int = 50_000_000,
+    stop: Callable[[float, dict[int, RequestTiming]], bool] | None = None,
+    check_every: int = 256,
+    coalesce: bool = True,
 ) -> list[RequestTiming]:
     """Run requests through emulated workers in virtual time; colocated (`workers`) or PD (`*_workers` > 0).
 
-    Requests are placed by `policy` (round-robin when None), in PD by `prefill_policy` / `decode_policy` when
-    given (as sglang-router's --prefill-policy / --decode-policy override --policy)."""
+    `stop(now, finished)` is asked every `check_every` events whether to end early (the requests finished by then
+    are returned). `coalesce` runs up to COALESCE_STEPS decode-only steps of one engine as a single event (exact:
+    anything touching that engine meanwhile cuts the run at the step in progress). Requests are placed by `policy`
+    (round-robin when None), in PD by `prefill_policy` / `decode_policy` when given (as sglang-router's
+    --prefill-policy / --decode-policy override --policy).
+    """
     reqs = list(requests)
     followers: dict[int, list[int]] = {}
     for i, sr in enumerate(reqs):
@@ -499,6 +530,8 @@ def simulate(
     seq = itertools.count()
     heap: list[tuple[float, int, str, object]] = []
     busy = {id(e): False for e in engines}
+    runs: dict[int, list] = {}  # id(engine) -> [batch, step end times, event id] of a coalesced decode run
+    span = {id(e): 4 for e in engines}  # steps the next run of an engine plans (grows while runs go uncut)
     link_free = {id(e): 0.0 for e in engines}  # each worker's KV link: a FIFO (prefill sends, decode receives)
     results: dict[int, RequestTiming] = {}
     pair: dict[str, dict] = {}  # rid -> {"p": (engine, req), "d": (engine, req), "p_done", "d_ready"}
@@ -510,23 +543,45 @@ def simulate(
 
     def poke(e: Engine, t: float) -> None:
         if busy[id(e)]:
+            run = runs.get(id(e))
+            if run is not None:  # something reached a coalesced run: it ends with the step in progress
+                ends = run[1]
+                j = next(i for i, end in enumerate(ends) if end > t)
+                if j < len(ends) - 1:
+                    span[id(e)] = max(2, j + 1)
+                    del ends[j + 1:]
+                    run[2] = next(seq)
+                    push(ends[-1], "run", (e, run[2]))
             return
         if e.config.mode == "decode":
             for r in e.admit(t):
                 pair[r.rid]["d_ready"] = t
                 maybe_transfer(r.rid, t)
         b = e.next_batch(t)
-        if b is not None:
-            busy[id(e)] = True
-            push(t + b.cost.total_s, "step", (e, b))
+        if b is None:
+            return
+        busy[id(e)] = True
+        if coalesce and b.kind == "decode":
+            k = min(span[id(e)], min(r.max_new_tokens - r.generated for r in b.decode))
+            if k > 1:
+                cfg = e.config
+                kv = [r.prompt_len + r.generated for r in b.decode]
+                ends = [t + b.cost.total_s]
+                for i in range(1, k):
+                    cost = perfmodel.step_time(cfg.model, cfg.gpu, cfg.tp, decode=[x + i for x in kv],
+                                               overhead_s=cfg.step_overhead_s)
+                    ends.append(ends[-1] + cost.total_s)
+                runs[id(e)] = [b, ends, next(seq)]
+                push(ends[-1], "run", (e, runs[id(e)][2]))
+                return
+        push(t + b.cost.total_s, "step", (e, b))
 
     def maybe_transfer(rid: str, t: float) -> None:
         p = pair[rid]
         if "p_done" in p and "d_ready" in p and "sent" not in p:
             p["sent"] = True
             pe, pr = p["p"]
-            _, dr = p["d"]
-            de = p["d"][0]
+            de, dr = p["d"]
             dur = perfmodel.kv_transfer_time(pr.prompt_len - dr.cached, pe.config.model, pe.config.link)
             sent = link_free[id(pe)] = max(t, link_free[id(pe)]) + dur
             got = link_free[id(de)] = max(sent - dur, link_free[id(de)]) + dur
@@ -563,6 +618,8 @@ def simulate(
     while heap and events < max_events:
         events += 1
         t, _, kind, payload = heapq.heappop(heap)
+        if stop is not None and events % check_every == 0 and stop(t, results):
+            break
         if kind == "arrive":
             i = payload
             sr = reqs[i]
@@ -589,16 +646,29 @@ def simulate(
         elif kind == "step":
             e, b = payload
             busy[id(e)] = False
-            e.complete(b, t)
+            if coalesce and b.kind == "decode":
+                e.complete_decode_run(b, [t])
+            else:
+                e.complete(b, t)
+            poke(e, t)
+        elif kind == "run":
+            e, event_id = payload
+            run = runs.get(id(e))
+            if run is None or run[2] != event_id:
+                continue  # superseded: the run was cut short
+            del runs[id(e)]
+            if len(run[1]) == span[id(e)]:
+                span[id(e)] = min(2 * span[id(e)], COALESCE_STEPS)
+            busy[id(e)] = False
+            e.complete_decode_run(run[0], run[1])
             poke(e, t)
         elif kind == "kv":
-            p = pair[payload]
+            p = pair.pop(payload)
             pe, pr = p["p"]
             de, dr = p["d"]
             p_cached[payload] = pr.cached
             pe.release(pr, t)
             de.kv_arrived(dr, t)
-            pair.pop(payload, None)
             poke(pe, t)
             poke(de, t)
     return [results[i] for i in sorted(results)]

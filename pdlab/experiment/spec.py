@@ -354,11 +354,37 @@ class WorkloadSpec(_Strict):
         return [("rate", float(r)) for r in self.rates or []]
 
 
+STATISTICS = ("mean", "p50", "p90", "p99", "attainment")
+
+
 class SLOSpec(_Strict):
-    """Service-level objectives for goodput."""
+    """Service-level objectives: the targets and the statistic they apply to (planner and verdicts)."""
 
     ttft_ms: float = Field(2000.0, gt=0, le=MAX_SLO_MS)
     tpot_ms: float = Field(100.0, gt=0, le=MAX_SLO_MS)
+    statistic: str = Field("attainment", description="what must meet both targets: mean, p50, p90, p99 of TTFT and "
+                           "TPOT, or attainment (the share of requests meeting both)")
+    attainment: float = Field(0.9, description="statistic attainment: share of requests that must meet both targets")
+
+    @field_validator("statistic")
+    @classmethod
+    def _known_statistic(cls, v: str) -> str:
+        if v not in STATISTICS:
+            raise ValueError(f"unknown statistic {v!r}{did_you_mean(v, STATISTICS)}; use one of {', '.join(STATISTICS)}")
+        return v
+
+    @field_validator("attainment")
+    @classmethod
+    def _share(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError(f"attainment {v} is outside (0, 1]: give the share of requests, e.g. 0.9 for 90 %")
+        return v
+
+
+class CostSpec(_Strict):
+    """Optional price of the GPUs, for $ per million output tokens in plans and reports."""
+
+    gpu_hour_usd: float | None = Field(None, gt=0, le=1e6)
 
 
 class EmulatorSpec(_Strict):
@@ -423,6 +449,7 @@ class Experiment(_Strict):
     storage: StorageSpec = Field(default_factory=StorageSpec)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     slo: SLOSpec = Field(default_factory=SLOSpec)
+    cost: CostSpec = Field(default_factory=CostSpec)
     emulator: EmulatorSpec = Field(default_factory=EmulatorSpec)
     backend: BackendSpec = Field(default_factory=BackendSpec)
     labels: dict[str, str] = Field(default_factory=dict)

@@ -1,11 +1,14 @@
-"""Fast planning in virtual time: every xPyD ratio and the equal-GPU colocated baseline, simulated in seconds.
+"""Rate-curve mode: every xPyD ratio and the equal-GPU colocated baseline at the workload's rates, in virtual time.
 
 `plan(exp)` runs the emulator's own engine (the same scheduler and performance model the emulated workers
 use, configured from the same argument lists) as a discrete-event simulation — no processes, no HTTP —
 for each arm at each of the workload's request rates, and returns one row per arm × rate with the
 bench_serving figures. Use it to pick which arms are worth a real (or emulated real-time) sweep.
 Every figure is "emulated"; requests are routed by the params' router policy (`pdlab.plan.routing`) and built by
-`pdlab.plan.requests` (lengths only, or the real prompts' token ids for chat-shaped workloads).
+`pdlab.plan.requests` (the spec's lengths, the dataset's own lengths, or the real prompts' token ids for
+chat-shaped workloads). An arm is only ever marked best at a rate where it meets the SLO (slo.statistic) and its
+queue drains (not collapsed: arrivals stop at the level's end and everything finishes within UNBOUNDED × one
+request's SLO budget after).
 """
 
 from __future__ import annotations
@@ -17,19 +20,19 @@ import pandas as pd
 
 from pdlab.core.errors import SpecError
 from pdlab.core.stats import level_duration, meets_slo, percentile
-from pdlab.emulator.cli import parse as parse_emulator_args
-from pdlab.emulator.engine import EngineConfig, SimRequest, simulate
-from pdlab.experiment.commands import emulator_args, worker_args
+from pdlab.emulator.engine import SimRequest, simulate
 from pdlab.experiment.loader import experiment_from_dict
 from pdlab.experiment.topology import build, enumerate_ratios
 from pdlab.plan.requests import level_requests
 from pdlab.plan.routing import policies
+from pdlab.plan.simulate import UNBOUNDED, engine_config, judge
 
 if TYPE_CHECKING:
     from pdlab.experiment.spec import Experiment
 
 COLUMNS = ["arm", "kind", "prefill", "decode", "workers", "tp", "gpus", "rate", "requests", "ttft_p50_ms",
-           "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "output_throughput_per_gpu", "goodput_per_gpu"]
+           "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "output_throughput_per_gpu", "goodput_per_gpu", "meets_slo",
+           "collapsed"]
 
 
 def arms(exp: Experiment, budget: int | None = None, tp: int | None = None) -> list[Experiment]:
@@ -50,13 +53,6 @@ def arms(exp: Experiment, budget: int | None = None, tp: int | None = None) -> l
                                "router": router})
     out.append(experiment_from_dict(doc, source="pdlab plan"))
     return out
-
-
-def engine_config(exp: Experiment, role: str) -> EngineConfig:
-    """The EngineConfig an emulated worker of `role` would run with: parsed from the very argument list the
-    local backend starts it with, so planning and emulation cannot drift apart."""
-    r = build(exp).role(role)
-    return parse_emulator_args(worker_args(exp, r, host="127.0.0.1", port=1) + emulator_args(exp)).engine
 
 
 def workload(exp: Experiment, rate: float, duration_s: float, seed: int) -> list[SimRequest]:
@@ -83,13 +79,21 @@ def simulate_arm(exp: Experiment, rate: float, *, duration_s: float, seed: int =
     span = span if span > 0 else duration_s
     good = int(meets_slo(ttft / 1e3, tpot / 1e3, exp.slo.ttft_ms, exp.slo.tpot_ms).sum())
     pct = percentile
+    ds = exp.workload.dataset
+    drain_budget = UNBOUNDED * (exp.slo.ttft_ms + ds.output_len * (1 + ds.range_ratio) * exp.slo.tpot_ms) / 1e3
+    last_arrival = max((r.arrival for r in reqs), default=0.0)
+    finish = max((t.arrival + t.e2e for t in timings), default=0.0)
+    collapsed = bool(timings) and finish > last_arrival + drain_budget
+    done = ~np.isnan(tpot)
+    meets = bool(len(ttft) and done.any()) and judge(exp, ttft / 1e3, tpot[done] / 1e3)[0]
 
     return {"arm": topo.label, "kind": exp.topology.kind, "prefill": p, "decode": d, "workers": w,
             "tp": topo.workers[0].tp, "gpus": topo.gpus, "rate": rate, "requests": len(timings),
             "ttft_p50_ms": pct(ttft, 50), "ttft_p99_ms": pct(ttft, 99), "tpot_p50_ms": pct(tpot, 50),
             "tpot_p99_ms": pct(tpot, 99),
             "output_throughput_per_gpu": sum(t.output_tokens for t in timings) / span / topo.gpus,
-            "goodput_per_gpu": good / span / topo.gpus, **cache_hit_rates(timings, pd=exp.topology.kind == "pd")}
+            "goodput_per_gpu": good / span / topo.gpus, "meets_slo": bool(meets) and not collapsed,
+            "collapsed": collapsed, **cache_hit_rates(timings, pd=exp.topology.kind == "pd")}
 
 
 def cache_hit_rates(timings: list, *, pd: bool) -> dict[str, float]:
@@ -120,10 +124,17 @@ def plan(exp: Experiment, *, budget: int | None = None, tp: int | None = None, r
 
 
 def best_per_rate(table: pd.DataFrame) -> pd.DataFrame:
-    """The arm with the most goodput per GPU at each rate (ties broken by lower TTFT p99)."""
-    ranked = table.sort_values(["rate", "goodput_per_gpu", "ttft_p99_ms"], ascending=[True, False, True])
-    return ranked.groupby("rate", as_index=False).first()[["rate", "arm", "goodput_per_gpu", "ttft_p99_ms",
-                                                            "tpot_p99_ms"]]
+    """The arm with the most goodput per GPU at each rate among those meeting the SLO without collapsing (ties:
+    lower TTFT p99); a rate where none does has arm None."""
+    cols = ["rate", "arm", "goodput_per_gpu", "ttft_p99_ms", "tpot_p99_ms"]
+    ok = table[table["meets_slo"].astype(bool)]
+    ranked = ok.sort_values(["rate", "goodput_per_gpu", "ttft_p99_ms"], ascending=[True, False, True])
+    best = ranked.groupby("rate", as_index=False).first()[cols]
+    missing = sorted(set(table["rate"]) - set(best["rate"]))
+    if missing:
+        none = pd.DataFrame({"rate": missing, "arm": [None] * len(missing)})
+        best = pd.concat([best, none], ignore_index=True).sort_values("rate", ignore_index=True)
+    return best[cols]
 
 
 def format_plan(table: pd.DataFrame) -> str:
@@ -131,11 +142,15 @@ def format_plan(table: pd.DataFrame) -> str:
     lines = [f"{'rate':>5}  {'arm':<20} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'TPOT p99':>9} "
              f"{'out tok/s/GPU':>13} {'goodput/GPU':>11}"]
     for rate, grp in table.groupby("rate"):
-        grp = grp.sort_values(["goodput_per_gpu", "ttft_p99_ms"], ascending=[False, True])
+        grp = grp.sort_values(["meets_slo", "goodput_per_gpu", "ttft_p99_ms"], ascending=[False, False, True])
         for j, r in enumerate(grp.itertuples()):
-            mark = "*" if j == 0 else " "
+            mark = "*" if j == 0 and r.meets_slo else " "
+            note = " collapsed" if r.collapsed else ("" if r.meets_slo else " misses SLO")
             lines.append(f"{rate:>5g} {mark}{r.arm:<20} {r.ttft_p50_ms:>9.0f} {r.ttft_p99_ms:>9.0f} "
                          f"{r.tpot_p50_ms:>9.1f} {r.tpot_p99_ms:>9.1f} {r.output_throughput_per_gpu:>13.1f} "
-                         f"{r.goodput_per_gpu:>11.3f}")
-    lines.append("latencies in ms; * = most goodput per GPU at that rate; emulated, virtual time")
+                         f"{r.goodput_per_gpu:>11.3f}{note}")
+        if not grp["meets_slo"].any():
+            lines.append(f"{rate:>5g}  no arm meets the SLO at this rate")
+    lines.append("latencies in ms; * = most goodput per GPU among arms meeting the SLO (collapsed: queue grows "
+                 "without bound); emulated, virtual time")
     return "\n".join(lines)
