@@ -1,17 +1,25 @@
-# The two commands a newcomer needs (see README.md):
+# The commands a newcomer needs (see README.md):
+#   make install - create .venv/ with pdlab in it (the other targets do this first when needed)
 #   make demo   - local, emulated PD-vs-colocated sweep ending in an HTML report (no GPU, no cluster)
 #   make test   - the whole test suite, slow end-to-end tests included (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-fast lint bench clean-results
+.PHONY: install demo test test-fast lint bench clean-results
 
+# Creates .venv/ and installs pdlab into it, saying what it does (pip's own lines show its progress).
 $(BIN)/pdlab: pyproject.toml
+	@echo "==> creating the virtual environment $(VENV)/ with $$($(PYTHON) --version 2>&1)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@echo "==> upgrading pip inside $(VENV)/"
+	$(BIN)/python -m pip install --progress-bar off --upgrade pip
+	@echo "==> installing pdlab (editable) and its test tools into $(VENV)/: about a minute"
+	$(BIN)/python -m pip install --progress-bar off -e '.[test]'
 	@touch $(BIN)/pdlab
+	@echo "==> installed. Use pdlab with:  . $(VENV)/bin/activate   (or call $(BIN)/pdlab directly)"
+
+install: $(BIN)/pdlab
 
 demo: $(BIN)/pdlab
 	$(BIN)/pdlab sweep params/demo-sweep.yaml

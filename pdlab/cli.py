@@ -38,12 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(p)
 
     p = sub.add_parser("validate", help="check a params or sweep file and print the resolved spec / points")
-    p.add_argument("params")
+    p.add_argument("params", metavar="FILE", help="a params YAML file, or a sweep file (then its points are listed)")
     _add_set(p)
 
     p = sub.add_parser("plan", help="recommend a deployment for a GPU budget: every TP, colocated and PD, the highest "
                        "rate meeting the SLO, in virtual time (seconds); --rate-curve ranks fixed arms per rate")
-    p.add_argument("params")
+    p.add_argument("params", help="params YAML file: model, GPU type and node shape, workload and SLOs to plan for")
     p.add_argument("--budget", type=int, default=None, help="GPUs to plan for (default: the params' topology's GPUs)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument("--emit", default=None, metavar="DIR",
@@ -55,39 +55,61 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(p)
 
     p = sub.add_parser("deploy", help="bring a topology up, print its endpoint, hold until Ctrl-C")
-    p.add_argument("params")
+    p.add_argument("params", help="params YAML file whose topology and backend to bring up")
     _add_set(p)
 
     p = sub.add_parser("run", help="deploy, drive every load level, save results, tear down",
                        epilog="exit codes: 0 every level measured; 2 bad input; 3 a level failed (more than "
                        "workload.max_failed_share of its requests failed; summary.json has its top errors); "
                        "130 Ctrl-C, 143 SIGTERM (the run is saved incomplete)")
-    p.add_argument("params")
+    p.add_argument("params", help="params YAML file: topology, workload levels, SLOs, backend")
     p.add_argument("--results", default="results", help="results root (default: ./results)")
     p.add_argument("--name", default=None, help="run directory name (default: <experiment>-<timestamp>)")
     _add_set(p)
 
     p = sub.add_parser("sweep", help="run a sweep file point by point (papermill), then the compare report")
-    p.add_argument("sweep")
+    p.add_argument("sweep", help="sweep YAML file: a base params file, a grid, baselines and repeats")
     p.add_argument("--results", default="results", help="results root (default: ./results)")
     p.add_argument("--force", action="store_true", help="re-run points that already completed (overwrites them)")
     p.add_argument("--dry-run", action="store_true", help="list the points and exit")
     _add_set(p)
 
     p = sub.add_parser("report", help="render the HTML report of a sweep directory")
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", help="a sweep's results directory, e.g. results/demo-sweep")
     p.add_argument("--with-code", action="store_true", help="show code cells in the report")
 
     p = sub.add_parser("cleanup", help="end what a crashed run left behind (only pdlab's own processes/objects)")
-    p.add_argument("--backend", choices=["local", "k8s"], default="local")
+    p.add_argument("--backend", choices=["local", "k8s"], default="local",
+                   help="where to look: local processes (default) or a Kubernetes cluster")
     p.add_argument("--experiment", default=None, help="only this experiment's leftovers")
-    p.add_argument("--kubeconfig", default=None)
-    p.add_argument("--context", default=None)
+    p.add_argument("--kubeconfig", default=None,
+                   help="k8s: kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster account)")
+    p.add_argument("--context", default=None, help="k8s: kubeconfig context (default: its current context)")
     p.add_argument("--namespace", default=None,
                    help="k8s: the namespace to clean (default: the kubeconfig context's namespace)")
     p.add_argument("--all-namespaces", action="store_true",
                    help="k8s: every namespace (needs cluster-wide list rights, beyond pdlab's rendered Role)")
+    for name, sp in sub.choices.items():
+        if name in EXAMPLES:
+            sp.epilog = (sp.epilog + "\n\n" if sp.epilog else "") + "example:\n  " + "\n  ".join(EXAMPLES[name])
+            sp.formatter_class = argparse.RawDescriptionHelpFormatter
     return ap
+
+
+EXAMPLES = {  # shown under each command's --help
+    "manifests": ["pdlab manifests params/seed-2p1d.yaml | kubectl apply -f -",
+                  "pdlab manifests --rbac --namespace llm | kubectl apply -f -"],
+    "validate": ["pdlab validate params/seed-2p1d.yaml --set topology.ratio=3P1D",
+                 "pdlab validate params/demo-sweep.yaml"],
+    "plan": ["pdlab plan params/seed-2p1d.yaml --budget 8", "pdlab plan params/seed-2p1d.yaml --budget 8 --json",
+             "pdlab plan params/seed-2p1d.yaml --budget 8 --emit plans/seed && pdlab sweep plans/seed/sweep.yaml",
+             "pdlab plan params/demo-local.yaml --rate-curve --budget 4 --set workload.rates=[2,4,6]"],
+    "deploy": ["pdlab deploy params/demo-local.yaml"],
+    "run": ["pdlab run params/demo-local.yaml --set workload.rates=[1,2] --name first-try"],
+    "sweep": ["pdlab sweep params/demo-sweep.yaml --dry-run", "pdlab sweep params/demo-sweep.yaml"],
+    "report": ["pdlab report results/demo-sweep"],
+    "cleanup": ["pdlab cleanup", "pdlab cleanup --backend k8s --context my-ack-context --namespace llm"],
+}
 
 
 def cmd_manifests(a: argparse.Namespace) -> int:
@@ -190,8 +212,13 @@ def cmd_cleanup(a: argparse.Namespace) -> int:
     else:
         from pdlab.deploy.k8s import cleanup_k8s
 
-        removed = cleanup_k8s(kubeconfig=a.kubeconfig, context=a.context, namespace=a.namespace,
-                              experiment=a.experiment, all_namespaces=a.all_namespaces)
+        try:
+            removed = cleanup_k8s(kubeconfig=a.kubeconfig, context=a.context, namespace=a.namespace,
+                                  experiment=a.experiment, all_namespaces=a.all_namespaces)
+        except PdlabError as e:  # its hints name params fields; here they are flags
+            e.args = (str(e).replace("backend.k8s.kubeconfig", "--kubeconfig")
+                      .replace("backend.k8s.context", "--context"),)
+            raise
     for item in removed:
         print(f"removed {item}")
     print(f"{len(removed)} leftover(s) removed" if removed else "nothing to clean up")

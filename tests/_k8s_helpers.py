@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from pdlab.deploy.k8s import K8sBackend
 from pdlab.experiment.loader import load_experiment
@@ -23,9 +26,15 @@ PROFILE = {"name": "v0.8"}
 
 
 def kubectl() -> str:
-    """The kubectl binary; a missing one fails the test loudly (CI images must carry it)."""
+    """The kubectl binary. Without one the test is skipped with the reason, except where
+    PDLAB_REQUIRE_KUBECTL=1 (CI, via .ci/run), where a missing kubectl fails it loudly."""
     path = shutil.which("kubectl")
-    assert path, "kubectl is not on PATH: the fake-cluster tests need the real kubectl (v1.32) to check the fake"
+    if not path:
+        why = ("kubectl is not on PATH: these tests check the fake cluster with the real kubectl (v1.32); "
+               "install it (https://kubernetes.io/docs/tasks/tools/) to run them")
+        if os.environ.get("PDLAB_REQUIRE_KUBECTL") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
     return path
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,15 @@ def x_label(summary: pd.DataFrame) -> str:
     return "concurrency (in-flight requests)" if x_column(summary) == "concurrency" else "request rate (req/s)"
 
 
+def plot_x_label(summary: pd.DataFrame) -> str:
+    """Label of a figure's load axis: the offered rate actually scheduled, with the nominal levels."""
+    x = x_column(summary)
+    if x != "rate" or "offered_rate" not in summary:
+        return x_label(summary)
+    levels = ", ".join(f"{v:g}" for v in sorted(pd.to_numeric(summary[x], errors="coerce").dropna().unique()))
+    return f"offered request rate, as scheduled (req/s); nominal levels {levels}"
+
+
 def fmt_x(summary: pd.DataFrame, x: float) -> str:
     """'8 req/s' or 'concurrency 16'."""
     v = f"{x:g}" if abs(x - round(x)) < 1e-9 else f"{x:.2f}"
@@ -108,7 +117,20 @@ def aggregate(summary: pd.DataFrame, column: str) -> pd.DataFrame:
     d[column] = pd.to_numeric(d[column], errors="coerce")
     g = d.groupby(["arm", x], sort=True)[column]
     out = g.agg(mean="mean", lo="min", hi="max", std="std", n="count").reset_index()
-    return out.rename(columns={x: "x"})
+    out = out.rename(columns={x: "x"})
+    off = plot_x(summary).groupby([summary["arm"], summary[x]]).mean()
+    out["x_plot"] = [float(off.get((a, v), v)) for a, v in zip(out["arm"], out["x"], strict=True)]
+    return out
+
+
+def plot_x(summary: pd.DataFrame) -> pd.Series:
+    """Where each row sits on a figure's load axis: the offered rate actually scheduled (open loop; the
+    nominal rate where unknown), or the concurrency."""
+    x = x_column(summary)
+    v = pd.to_numeric(summary[x], errors="coerce")
+    if x == "rate" and "offered_rate" in summary:
+        return pd.to_numeric(summary["offered_rate"], errors="coerce").fillna(v)
+    return v
 
 
 def aa_band(summary: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -230,7 +252,8 @@ def sentence(summary: pd.DataFrame, a: str, b: str, column: str, row: Mapping[st
     """One verdict sentence for one load level: 'X beats Y by N % at R …' or 'no difference …'."""
     m = metric(column)
     where = fmt_x(summary, row["x"])
-    band = f"{'A/A band' if row['band_measured'] else 'noise floor'} ±{row['band'] * 100:.0f} %"
+    band = (f"A/A band ±{row['band'] * 100:.0f} %" if row["band_measured"] else
+            f"single run: noise not measured, differences under ±{row['band'] * 100:.0f} % are not called")
     if math.isnan(row["diff"]):
         return f"at {where}: {m.label} not measured for both"
     if not row["winner"]:
@@ -287,6 +310,7 @@ def best_per_slo(summary: pd.DataFrame, slos: Iterable[tuple[float, float]] | No
     """For each SLO (TTFT ms, TPOT ms): the arm and load level with the highest goodput per GPU (mean over
     repeats), the runner-up arm, and the margin ('tie' within the A/A band, or `noise` without repeats).
     Other SLOs than the runs' own need `requests`."""
+    measured = has_repeats(summary)
     if noise is None:
         band = aa_band(summary, "goodput_per_gpu")["band"] if has_repeats(summary) else pd.Series(dtype=float)
         noise = float(band.max()) if band.notna().any() else DEFAULT_NOISE
@@ -317,7 +341,8 @@ def best_per_slo(summary: pd.DataFrame, slos: Iterable[tuple[float, float]] | No
                 row["runner-up"] = nxt["arm"]
                 margin = rel_diff(top["goodput_per_gpu"], nxt["goodput_per_gpu"], True)
                 sig = _significant(top["goodput_per_gpu"], nxt["goodput_per_gpu"], noise)
-                row["margin"] = pct(margin) + ("" if sig else f" (tie: within ±{noise * 100:.0f} %)")
+                row["margin"] = pct(margin) + ("" if sig else f" (tie: within ±{noise * 100:.0f} %)") + (
+                    "" if measured else " (single run: noise not measured)")
             else:
                 row["runner-up"], row["margin"] = "", ""
         rows.append(row)
@@ -432,93 +457,26 @@ def fairness_warnings(params_by_arm: Mapping[str, Mapping[str, Any]],
     return warnings
 
 
-# --------------------------------------------------------------------------- conclusion
+# --------------------------------------------------------------------------- caveats
 
 
-@dataclass
-class Conclusion:
-    """The verdict of a sweep: headline, per-level sentences, crossover, caveats (Markdown via .markdown())."""
-
-    headline: str
-    details: list[str] = field(default_factory=list)
-    crossover: float | None = None
-    caveats: list[str] = field(default_factory=list)
-
-    def markdown(self) -> str:
-        parts = [self.headline]
-        if self.details:
-            parts.append("\n".join(f"- {d}" for d in self.details))
-        if self.caveats:
-            parts.append("\n".join(f"- ⚠ {c}" for c in self.caveats))
-        return "\n\n".join(parts)
-
-    def _repr_markdown_(self) -> str:
-        return self.markdown()
-
-
-def conclude(summary: pd.DataFrame, *, primary: str = "goodput_per_gpu",
-             secondary: tuple[str, ...] = ("ttft_p99_ms", "tpot_p99_ms", "output_throughput_per_gpu"),
-             noise: float = DEFAULT_NOISE, emulated: bool = False) -> Conclusion:
-    """The conclusion computed from the data: which arm wins on `primary`, by how much and where, the
-    crossover load, how the best PD arm and the baseline compare on the secondary metrics at the highest
-    common load, all judged against the A/A band (or the noise floor without repeats)."""
-    if summary is None or summary.empty:
-        return Conclusion("No completed runs: nothing to conclude.")
-    a, b = pd_and_baseline(summary, primary)
-    tag = "Emulated results (pdlab's modelled SGLang workers, not real GPUs): " if emulated else ""
-    caveats = []
-    if not has_repeats(summary):
-        caveats.append(f"no repeats: differences within ±{noise * 100:.0f} % are called \"no difference\"; "
-                       "set `repeats: 3` in the sweep to measure the A/A band")
-    if "client_bound" in summary:
-        cb = summary[summary["client_bound"].fillna(False).astype(bool)]
-        if len(cb):
-            where = ", ".join(sorted({f"{r.arm} at {fmt_x(summary, getattr(r, x_column(summary)))}"
-                                      for r in cb.itertuples()}))
-            caveats.append(f"client-bound levels ({where}): the load generator fell behind there, so those "
-                           "latencies partly measure the client; re-run them on a less loaded machine")
-    if a is None or b is None:
-        only = a or b or "?"
-        return Conclusion(f"{tag}only one arm ({only}) was measured; there is nothing to compare.", caveats=caveats)
-    m = metric(primary)
-    c = compare_arms(summary, a, b, primary, noise)
-    details = [sentence(summary, a, b, primary, r) for r in c.to_dict("records")]
-    wins_a, wins_b = int((c["winner"] == a).sum()), int((c["winner"] == b).sum())
-    xo = crossover(summary, a, b, primary, noise)
-    n = len(c)
-    if wins_a == 0 and wins_b == 0:
-        head = f"**No difference** in {m.label} between {a} and {b} at any measured load."
-    elif wins_b == 0:
-        best = c.loc[c["diff"].idxmax()]
-        head = (f"**{a} beats {b}** on {m.label} at {wins_a} of {n} load levels, by up to {pct(best['diff'])} "
-                f"(at {fmt_x(summary, best['x'])}).")
-    elif wins_a == 0:
-        best = c.loc[c["diff"].idxmin()]
-        head = (f"**{b} beats {a}** on {m.label} at {wins_b} of {n} load levels, by up to {pct(best['diff'])} "
-                f"(at {fmt_x(summary, best['x'])}).")
-    else:
-        head = (f"**It depends on load**: {a} wins on {m.label} at {wins_a} and {b} at {wins_b} of {n} levels.")
-    if xo is not None:
-        first = c[c["winner"] != ""].iloc[0]["winner"]
-        other = b if first == a else a
-        head += f" Crossover at ≈ {fmt_x(summary, xo)}: below it {first} is better, above it {other}."
-    others = [r for r in arms(summary) if r not in (a, b)]
-    if others:
-        head += f" ({a} is the best {'PD ' if not is_colocated(summary, a) else ''}arm; also measured: {', '.join(others)}.)"
-    if n:
-        top = c.iloc[-1]
-        for col in secondary:
-            if col in summary:
-                cc = compare_arms(summary, a, b, col, noise)
-                row = cc[cc["x"] == top["x"]]
-                if len(row):
-                    details.append(sentence(summary, a, b, col, row.iloc[0].to_dict()))
-    return Conclusion(tag + head, details, xo, caveats)
+def client_bound_caveats(summary: pd.DataFrame) -> list[str]:
+    """One caveat naming the levels where the load generator fell behind (their latencies measure it)."""
+    if "client_bound" not in summary:
+        return []
+    cb = summary[summary["client_bound"].fillna(False).astype(bool)]
+    if not len(cb):
+        return []
+    where = ", ".join(sorted({f"{r.arm} at {fmt_x(summary, getattr(r, x_column(summary)))}" for r in cb.itertuples()}))
+    return [f"client-bound levels ({where}): the load generator fell behind there, so those latencies partly "
+            "measure the client; re-run them on a less loaded machine"]
 
 
 KEY_COLUMNS = {"ttft_p50_ms": "TTFT p50 (ms)", "ttft_p99_ms": "TTFT p99 (ms)", "tpot_p50_ms": "TPOT p50 (ms)",
                "tpot_p99_ms": "TPOT p99 (ms)", "output_throughput_per_gpu": "output tok/s/GPU",
                "goodput_per_gpu": "goodput req/s/GPU", "client_bound": "client-bound"}
+MIN_SAMPLES = 100  # percentiles from fewer completed requests than this are marked with FEW
+FEW = "†"
 
 
 def _num(v: float) -> str:
@@ -528,28 +486,54 @@ def _num(v: float) -> str:
     return f"{v:.3g}" if abs(v) >= 0.01 or v == 0 else f"{v:.4f}"
 
 
+def _cell(v: pd.Series) -> str:
+    """Mean over repeats, '± half the spread' when repeated, 'n/a' when unmeasured."""
+    v = pd.to_numeric(v, errors="coerce")
+    if not v.notna().any():
+        return "n/a"
+    text = _num(v.mean())
+    return text + (f" ± {_num((v.max() - v.min()) / 2)}" if v.count() > 1 else "")
+
+
 def key_table(summary: pd.DataFrame, columns: Mapping[str, str] = KEY_COLUMNS) -> pd.DataFrame:
-    """The headline numbers per arm × load level (mean over repeats, '± spread/2' when repeated), for the
-    report's numbers table."""
+    """The headline numbers per arm × load level (mean over repeats, '± spread/2' when repeated): nominal
+    and offered rate, SLO attainment, the `columns`; percentiles from fewer than MIN_SAMPLES completed
+    requests are marked FEW; client-bound says yes or no."""
     x = x_column(summary)
     cols = [c for c in columns if c in summary]
     out = []
     for (arm, xv), g in summary.groupby(["arm", x], sort=False):
-        row: dict[str, Any] = {"arm": arm, x_label(summary): f"{xv:g}", "runs": len(g)}
+        row: dict[str, Any] = {"arm": arm, x_label(summary).replace("request rate", "nominal rate"): f"{xv:g}"}
+        if x == "rate" and "offered_rate" in g:
+            row["offered (req/s)"] = _cell(g["offered_rate"])
+        row["runs"] = len(g)
+        n = int(pd.to_numeric(g.get("completed", pd.Series([MIN_SAMPLES])), errors="coerce").min())
+        row["requests"] = n
+        if "good_fraction" in g:
+            att = pd.to_numeric(g["good_fraction"], errors="coerce") * 100
+            row["SLO attainment %"] = _cell(att.round(1))
         for c in cols:
             if c == "client_bound":
-                row[columns[c]] = "yes" if g[c].fillna(False).astype(bool).any() else ""
+                row[columns[c]] = "yes" if g[c].fillna(False).astype(bool).any() else "no"
                 continue
-            v = pd.to_numeric(g[c], errors="coerce")
-            text = _num(v.mean()) if v.notna().any() else "n/a"
-            if v.count() > 1:
-                text += f" ± {_num((v.max() - v.min()) / 2)}"
+            text = _cell(g[c])
+            if "_p" in c and c.endswith("_ms") and n < MIN_SAMPLES and text != "n/a":
+                text += f" {FEW}"
             row[columns[c]] = text
         out.append(row)
     df = pd.DataFrame(out)
     if df.empty:
         return df
     order = {a: i for i, a in enumerate(arms(summary))}
-    df["_x"] = [float(v) for v in df[x_label(summary)]]
+    xcol = df.columns[1]
+    df["_x"] = [float(v) for v in df[xcol]]
     df["_o"] = df["arm"].map(order)
     return df.sort_values(["_o", "_x"]).drop(columns=["_o", "_x"]).reset_index(drop=True)
+
+
+def few_samples_note(summary: pd.DataFrame) -> str:
+    """The footnote for FEW, or '' when every level has enough samples."""
+    if "completed" not in summary or not (pd.to_numeric(summary["completed"], errors="coerce") < MIN_SAMPLES).any():
+        return ""
+    return (f"{FEW} percentile from fewer than {MIN_SAMPLES} completed requests (the `requests` column): a p99 "
+            "of so few samples is close to the maximum and moves a lot between runs.")

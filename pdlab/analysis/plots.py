@@ -54,9 +54,10 @@ def _line(ax: Axes, agg: pd.DataFrame, arm: str, color: str, dashed: bool, label
     d = agg[agg["arm"] == arm].sort_values("x")
     if d.empty:
         return
-    ax.plot(d["x"], d["mean"], marker="o", ms=4, color=color, ls="--" if dashed else "-", label=label)
+    xs = d["x_plot"] if "x_plot" in d else d["x"]
+    ax.plot(xs, d["mean"], marker="o", ms=4, color=color, ls="--" if dashed else "-", label=label)
     if (d["n"] > 1).any():
-        ax.fill_between(d["x"], d["lo"], d["hi"], color=color, alpha=0.18, lw=0)
+        ax.fill_between(xs, d["lo"], d["hi"], color=color, alpha=0.18, lw=0)
 
 
 def _finish(fig: Figure, axes: Sequence[Axes], summary: pd.DataFrame | None) -> Figure:
@@ -96,7 +97,7 @@ def metric_vs_load(summary: pd.DataFrame, columns: Sequence[str], *, title: str,
             ax.annotate(f"SLO {slo:g} {m.unit}", (0.01, slo), xycoords=("axes fraction", "data"),
                         fontsize=8, color="#c00000", va="bottom")
         ax.set_title(m.label)
-        ax.set_xlabel(compare.x_label(summary))
+        ax.set_xlabel(compare.plot_x_label(summary))
         ax.set_ylabel(f"{m.label} ({m.unit})" if m.unit else m.label)
         if log or (log is None and col in summary and _wide(summary[col])):
             ax.set_yscale("log")
@@ -255,3 +256,31 @@ def repeat_spread(summary: pd.DataFrame, column: str = "goodput_per_gpu", *, emu
     ax.grid(alpha=0.3, axis="y")
     _title(fig, f"A/A band of {compare.metric(column).label}", emulated)
     return fig
+
+
+def attainment_vs_load(summary: pd.DataFrame, threshold: float | None = None, *, emulated: bool = False) -> Figure:
+    """SLO attainment (% of requests meeting both SLOs) vs offered rate per arm, the threshold line, and each
+    arm's capacity at the SLO (where its line crosses the threshold) marked on the axis."""
+    from pdlab.analysis import capacity
+
+    thr = capacity.threshold_of(summary, threshold)
+    d = summary.assign(good_pct=capacity.attainment(summary) * 100)
+    arms, colors, co = _style(d)
+    agg = compare.aggregate(d, "good_pct")
+    fig = Figure(figsize=(8.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for a in arms:
+        _line(ax, agg, a, colors[a], a in co, a)
+    ax.axhline(thr * 100, color="#c00000", lw=1, ls=":")
+    ax.annotate(f"threshold {thr * 100:g} %", (0.01, thr * 100), xycoords=("axes fraction", "data"), fontsize=8,
+                color="#c00000", va="bottom")
+    for a, c in capacity.capacities(d, thr).items():
+        if c.bound == "interpolated" and a in colors:
+            ax.axvline(c.value, color=colors[a], lw=1, ls=":", alpha=0.8)
+            ax.annotate(f"{c.value:.2f}", (c.value, 2), fontsize=7, color=colors[a], rotation=90, va="bottom")
+    ax.set_ylim(0, 102)
+    ax.set_xlabel(compare.plot_x_label(summary))
+    ax.set_ylabel("SLO attainment (% of requests)")
+    ax.grid(alpha=0.3)
+    _title(fig, "SLO attainment vs load (dotted verticals: capacity at the SLO)", emulated)
+    return _finish(fig, [ax], d)

@@ -25,7 +25,8 @@ Files of a run directory (`pdlab.core.schema`; docs/architecture.md, "The path o
   0 where not applicable), tp, gpus, gpu_type, model, dataset, api, arrival, burstiness
   repeat (int labels['repeat'], default 0), label_<key> for every other experiment label
   level, level_kind ('rate'|'concurrency'), rate (target req/s, NaN for closed loop), concurrency (target,
-  NaN for open loop)
+  NaN for open loop), level_duration_s, scheduled_requests, offered_rate (requests scheduled ÷ the level's
+  duration: the rate actually offered), slo_attainment (the params' threshold, NaN if unset)
   every summary figure: requests, completed, failed, warmup_requests, duration_s, total_input_tokens,
   total_output_tokens, request_rate, input_throughput, output_throughput, total_throughput, mean_concurrency,
   {ttft,tpot,itl,e2e}_{mean,p50,p90,p95,p99}_ms, slo_ttft_ms, slo_tpot_ms, good_requests, goodput,
@@ -184,6 +185,21 @@ def find_runs(path: Path | str) -> list[Path]:
     return sorted(q.parent for q in p.rglob(PARAMS) if not any(s.startswith(".") for s in q.parts[-3:-1]))
 
 
+def offered_columns(level: dict, params: dict) -> dict[str, Any]:
+    """The level's scheduled duration, the offered rate actually scheduled (requests scheduled ÷ that
+    duration: a seeded Poisson schedule offers more or less than its nominal rate), and the SLO attainment
+    threshold of the params (`slo.attainment`, absent: NaN)."""
+    w = params.get("workload") or {}
+    slo = params.get("slo") or {}
+    dur = w.get("duration_s")
+    scheduled = sum(int(level.get(k) or 0) for k in ("requests", "warmup_requests", "not_sent"))
+    rate = level.get("target_rate")
+    offered = scheduled / dur if dur and rate is not None and level.get("level_kind", "rate") == "rate" else None
+    return {"level_duration_s": dur, "scheduled_requests": scheduled,
+            "offered_rate": offered if offered is not None else rate,
+            "slo_attainment": slo.get("attainment")}
+
+
 def load_sweep(path: Path | str, *, include_incomplete: bool = False) -> pd.DataFrame:
     """One tidy row per run × level across every run under `path` (see the module docstring)."""
     rows = []
@@ -206,6 +222,7 @@ def load_sweep(path: Path | str, *, include_incomplete: bool = False) -> pd.Data
             row.update({k: v for k, v in lv.items() if k not in ("gpus",)})
             row["rate"] = lv.get("target_rate")
             row["concurrency"] = lv.get("target_concurrency")
+            row.update(offered_columns(lv, params))
             rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pdlab.analysis.compare import MIN_SAMPLES
 from pdlab.analysis.results import load_run
 
 _TABLE = [  # (header, column, format)
@@ -32,7 +33,8 @@ def _fmt(v: Any, f: str) -> str:
 
 
 def format_summary(run: Path | str | pd.DataFrame) -> str:
-    """The per-level summary table (latencies in ms; '!' marks a client-bound level) as text."""
+    """The per-level summary table (latencies in ms; '!' marks a client-bound level, '†' a p99 from fewer
+    than MIN_SAMPLES requests) as text."""
     hits: dict = {}
     lost: list = []
     if isinstance(run, pd.DataFrame):
@@ -52,6 +54,9 @@ def format_summary(run: Path | str | pd.DataFrame) -> str:
     rows = []
     for _, r in df.iterrows():
         cells = [_fmt(r.get(c), f) for _, c, f in _TABLE]
+        few = (r.get("completed") or 0) < MIN_SAMPLES
+        cells = [c + ("†" if few and "_p99_" in col and c != "-" else "") for c, (_, col, _) in zip(cells, _TABLE,
+                                                                                                 strict=True)]
         if bool(r.get("client_bound")):
             cells[-1] += "!"
         if _is_true(r.get("level_failed")):
@@ -62,6 +67,8 @@ def format_summary(run: Path | str | pd.DataFrame) -> str:
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     notes = [f"! level {r['level_value']:g}: client-bound ({r.get('client_bound_reason')}); these latencies "
              "measure the load generator" for _, r in df.iterrows() if bool(r.get("client_bound"))]
+    if "completed" in df and (pd.to_numeric(df["completed"], errors="coerce") < MIN_SAMPLES).any():
+        notes.append(f"† p99 from fewer than {MIN_SAMPLES} completed requests: close to the maximum, noisy")
     for _, r in df.iterrows():
         if _is_true(r.get("level_failed")):
             notes.append(f"✗ level {r['level_value']:g} FAILED: {_fmt(r.get('failed'), '{:d}')} of "

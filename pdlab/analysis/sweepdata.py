@@ -42,6 +42,8 @@ class SweepData:
     missing: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    provenance_by_run: dict[str, dict] = field(default_factory=dict)
+    params_by_run: dict[str, dict] = field(default_factory=dict)
 
     @property
     def slo(self) -> tuple[float, float]:
@@ -124,7 +126,7 @@ def load(sweep_dir: Path | str) -> SweepData:
         summary["repeat"] = summary["run"].map(lambda r: int(points[r].get("repeat", 0)))
     done = set(summary["run"]) if len(summary) else set()
     missing = [r for r in points if r not in done]
-    req_parts, srv_parts, params_by_arm = [], [], {}
+    req_parts, srv_parts, params_by_arm, prov_by_run, params_by_run = [], [], {}, {}, {}
     emulated = False
     runs = summary.drop_duplicates("run")[["run", "run_dir", "arm", "repeat"]] if len(summary) else []
     for r in getattr(runs, "itertuples", lambda: [])():
@@ -132,6 +134,7 @@ def load(sweep_dir: Path | str) -> SweepData:
         params = yaml.safe_load((run_dir / "params.yaml").read_text()) or {}
         params_by_arm.setdefault(r.arm, params)
         run = _results.load_run(run_dir)
+        prov_by_run[r.run], params_by_run[r.run] = run.provenance, params
         emulated = emulated or is_emulated(params, run.provenance)
         if len(run.requests):
             req = run.requests[[c for c in _REQ_COLS if c in run.requests.columns]]
@@ -145,4 +148,5 @@ def load(sweep_dir: Path | str) -> SweepData:
         columns=[*SERVER_METRIC_COLUMNS, "run", "arm", "repeat"])
     return SweepData(path=root, name=meta.get("sweep", root.name), summary=summary.reset_index(drop=True),
                      requests=requests, server=server, params_by_arm=params_by_arm, emulated=emulated,
-                     missing=missing, ignored=ignored, meta=meta)
+                     missing=missing, ignored=ignored, meta=meta, provenance_by_run=prov_by_run,
+                     params_by_run=params_by_run)

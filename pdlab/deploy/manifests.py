@@ -369,7 +369,11 @@ def annotate_emulator_args(objs: list[dict], exp: Experiment) -> list[dict]:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block-style YAML that keeps key order and quotes nothing needlessly."""
+    """Block-style YAML that keeps key order, quotes nothing needlessly and never writes anchors/aliases
+    (`&id001` / `*id001` where objects share a list): every document reads on its own."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
 
 
 def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -220,5 +221,15 @@ def serve(cfg: WorkerConfig, log_level: str = "warning") -> None:
         import uvloop  # noqa: F401
     except ImportError:  # pragma: no cover
         loop = "asyncio"
+    logging.getLogger("uvicorn.error").addFilter(_RouterProbeFilter())
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=log_level, loop=loop,
                 access_log=False, timeout_keep_alive=60)
+
+
+class _RouterProbeFilter(logging.Filter):
+    """Drops uvicorn's 'Invalid HTTP request received.' warning: sglang-router's worker registration
+    (`detect_connection_mode`) first probes every worker with gRPC (HTTP/2), which the HTTP/1.1 server
+    rejects before the router falls back to HTTP. Harmless, expected, and otherwise in every worker log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Invalid HTTP request received" not in record.getMessage()

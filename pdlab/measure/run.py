@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pdlab.core.errors import PdlabError
-from pdlab.core.schema import timestamped
+from pdlab.core.schema import LOGS, timestamped
 from pdlab.core.stats import summarize
 from pdlab.experiment.arm import arm_of
 from pdlab.experiment.spec import resolved
@@ -26,6 +27,7 @@ from pdlab.measure.cachehit import cache_hit_by_role
 from pdlab.measure.load.kinds import make_dataset
 from pdlab.measure.load.runner import LevelPlan, LevelStats, RecordSink, run_level_sync
 from pdlab.measure.lost import lost_workers
+from pdlab.measure.progress import PROGRESS_LOG, Eta, LineReporter, reporter_for
 from pdlab.measure.scrape import Scraper
 from pdlab.measure.writer import RunWriter
 
@@ -68,46 +70,14 @@ def _collect_logs(dep: Deployment | None, tail: int = 200) -> dict[str, str]:
     return out
 
 
-class _Progress:
-    """A rich progress bar per level (or nothing when progress=False)."""
-
-    def __init__(self, enabled: bool):
-        self.p = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("in-flight {task.fields[inflight]:>4}  failed {task.fields[failed]:>4}"),
-                              TimeElapsedColumn(), refresh_per_second=4)
-
-    def __enter__(self) -> _Progress:
-        if self.p is not None:
-            self.p.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.p is not None:
-            self.p.stop()
-
-    def level(self, desc: str, total: int) -> Any:
-        if self.p is None:
-            return None
-        task = self.p.add_task(desc, total=total or None, inflight=0, failed=0)
-
-        def tick(s: LevelStats) -> None:
-            self.p.update(task, completed=s.done, total=max(s.expected, s.sent) or None, inflight=s.inflight,
-                          failed=s.failed)
-        return tick
-
-    def note(self, text: str) -> None:
-        if self.p is not None:
-            self.p.console.print(text)
-
-
 def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: str | None = None,
-                   run_name: str | None = None, progress: bool = True,
-                   deployment: Deployment | None = None) -> Path:
+                   run_name: str | None = None, progress: bool | str | LineReporter = True,
+                   deployment: Deployment | None = None, command: str | None = None) -> Path:
     """Deploy (unless `deployment` is given), run every load level, save results; returns the run directory.
+
+    `progress`: True a live bar on a terminal (plain lines otherwise), False only `logs/progress.log`, or a
+    reporter (`pdlab.measure.progress`). `command`: the command line recorded in provenance (default: this
+    process's own when it is the `pdlab` CLI).
 
     On Ctrl-C or any error the records gathered so far are saved, `incomplete.json` says why, the deployment
     pdlab started is torn down, and the exception is re-raised."""
@@ -127,7 +97,9 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
     t0, t0_unix = time.perf_counter(), time.time()
     try:
         writer.begin(resolved(exp), backend=backend_info, extra={"t0_unix": t0_unix, "run": run_name,
-                                                                "sweep": sweep or exp.name})
+                                                                "sweep": sweep or exp.name,
+                                                                "command": command or _own_command(),
+                                                                "seed": exp.workload.seed})
     except OSError as e:  # before anything is deployed: nothing to tear down
         raise PdlabError(f"results directory: cannot write the run directory {run_dir} ({e.strerror or e}); "
                          "give --results a writable directory") from None
@@ -137,7 +109,11 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
     done_levels: list[int] = []
     level_stats: dict[int, LevelStats] = {}
     stack = contextlib.ExitStack()
-    with stack, _Progress(progress) as prog:
+    prog = reporter_for(progress)
+    if prog.log is None:
+        prog.log = run_dir / LOGS / PROGRESS_LOG
+    eta = Eta([_scheduled_s(p) for p in plans])
+    with stack, prog:
         try:
             if dep is None:
                 from pdlab.deploy.registry import get_backend
@@ -153,11 +129,16 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
             for plan in plans:
                 unit = "req/s" if plan.kind == "rate" else "concurrent"
                 desc = f"level {plan.index + 1}/{len(plans)}: {plan.value:g} {unit}"
-                level_stats[plan.index] = run_level_sync(
+                prog.level_start(desc, plan.scheduled_requests(), eta.remaining(plan.index))
+                started = time.perf_counter()
+                stats = level_stats[plan.index] = run_level_sync(
                     dep.router_url, dataset, plan, sink, t0=t0, api=exp.workload.api, model=exp.model.name,
-                    timeout_s=exp.workload.timeout_s, on_tick=prog.level(desc, plan.expected_requests()),
+                    timeout_s=exp.workload.timeout_s, on_tick=prog.tick,
                     client_kwargs={"ignore_eos": exp.workload.ignore_eos})
+                eta.finished(_scheduled_s(plan), time.perf_counter() - started)
                 done_levels.append(plan.index)
+                prog.level_end(desc, stats, time.perf_counter() - started, eta.remaining(plan.index + 1),
+                               _level_summary(sink, plan, exp, topo.gpus) if prog.wants_summary else None)
             scraper.stop()
             frame = scraper.frame()
             writer.write_server_metrics(frame)
@@ -170,10 +151,38 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
             writer.finish({**_summary_doc(exp, run_name, sweep, t0_unix, summary, n),
                            "cache_hit_rate": cache_hit_by_role(frame), "workers_lost": lost_workers(frame)})
         except BaseException as e:
-            prog.note(f"[red]run stopped: {type(e).__name__}: {e}; saving what was measured to {run_dir}")
+            prog.note(f"run stopped: {type(e).__name__}: {e}; saving what was measured to {run_dir}")
             _save_partial(writer, sink, scraper, dep, e, done_levels, len(plans))
             raise
     return run_dir
+
+
+def _scheduled_s(plan: LevelPlan) -> float | None:
+    """How long a level is scheduled to send for (None: bounded by a prompt count at unknown speed)."""
+    if plan.duration_s:
+        return float(plan.duration_s)
+    if plan.kind == "rate" and plan.num_prompts:
+        return (plan.num_prompts + plan.warmup) / plan.value
+    return None
+
+
+def _level_summary(sink: Any, plan: LevelPlan, exp: Experiment, gpus: int) -> dict | None:
+    """The summary row of one finished level (for live plots), from the records so far."""
+    with contextlib.suppress(Exception):
+        df = sink.table().to_pandas()
+        df = df[df["level"] == plan.index]
+        if len(df):
+            row = summarize(df, slo_ttft_ms=exp.slo.ttft_ms, slo_tpot_ms=exp.slo.tpot_ms, gpus=gpus)
+            return row.iloc[0].to_dict() if len(row) else None
+    return None
+
+
+def _own_command() -> str:
+    """This process's command line when it is the pdlab CLI ('pdlab run params.yaml …'), else ''."""
+    argv0 = Path(sys.argv[0]).name if sys.argv else ""
+    if argv0 in ("pdlab", "__main__.py"):
+        return " ".join(["pdlab", *sys.argv[1:]])
+    return ""
 
 
 def with_level_stats(summary: pd.DataFrame, stats: dict[int, LevelStats], plans: list[LevelPlan]) -> pd.DataFrame:

@@ -1,4 +1,11 @@
-"""Executing pdlab's notebooks with papermill: where they live, which kernel runs them, one execution."""
+"""Executing pdlab's notebooks with papermill: where they live, which kernel runs them, one execution; and
+where a notebook's path parameters point, whatever the kernel's working directory.
+
+A notebook runs with whatever working directory Jupyter or papermill gives its kernel (the repository root,
+`notebooks/`, a run directory), so `resolve` anchors relative paths to the pdlab checkout (the directory above
+the imported package holding pyproject.toml, params/ and notebooks/), falling back to its notebooks/ directory
+for paths written relative to a notebook (`../params/x.yaml`); results go to the checkout's results/. Outside a
+checkout (pdlab installed from a wheel) the working directory is the only anchor left."""
 
 from __future__ import annotations
 
@@ -24,6 +31,29 @@ def notebooks_dir() -> Path:
         if (cand / "benchmark.ipynb").exists():
             return cand
     raise PdlabError(f"pdlab's notebooks are missing (looked in {here.parent / 'notebooks'} and {here / 'notebooks'})")
+
+
+def repo_root() -> Path | None:
+    """The source checkout pdlab is imported from (holds params/ and notebooks/), or None for an install."""
+    root = Path(pdlab.__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() and (root / "params").is_dir():
+        return root
+    return None
+
+
+def resolve(path: str | Path) -> Path:
+    """A notebook parameter's path: absolute as is; relative against the checkout (or, if only found there,
+    its notebooks/ directory); outside a checkout against the working directory."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    root = repo_root()
+    if root is None:
+        return (Path.cwd() / p).resolve()
+    for base in (root, root / "notebooks"):
+        if (base / p).exists():
+            return (base / p).resolve()
+    return (root / p).resolve()
 
 
 def kernel_name() -> str:
@@ -56,7 +86,10 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], *, kernel: st
         pm.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=kernel, cwd=str(cwd),
                             progress_bar=False, log_output=False, request_save_on_cell_execute=True,
                             execution_timeout=int(timeout_s) if timeout_s else None,
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                            # CRITICAL: jupyter_client interrupts (SIGINT) every kernel it shuts down, which an
+                            # idle ipykernel logs as "ERROR | KeyboardInterrupt caught in kernel" after every
+                            # successful notebook; cell errors still reach the executed notebook and the caller.
+                            extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except pm.PapermillExecutionError as e:
         return f"{e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''}".strip()
     except Exception as e:  # noqa: BLE001 - kernel died, timeout, …: a failed point, not a failed sweep

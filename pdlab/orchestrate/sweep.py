@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,10 +31,13 @@ import yaml
 from pdlab.analysis.sweepdata import SWEEP_JSON
 from pdlab.core.errors import PdlabError
 from pdlab.core.fsutil import dump_json, now_iso, write_atomic
-from pdlab.core.schema import INCOMPLETE, PARAMS, is_complete, is_run_dir, run_status
+from pdlab.core.schema import INCOMPLETE, LOGS, PARAMS, is_complete, is_run_dir, run_status
 from pdlab.experiment.spec import dump_yaml, resolved
 from pdlab.experiment.sweepspec import Point, Sweep, load_sweep
+from pdlab.measure.progress import PROGRESS_LOG
 from pdlab.orchestrate.notebook import COMPARE, NOTEBOOK, execute, kernel_name, notebooks_dir
+
+SWEEP_LOG = "sweep.log"  # the sweep's own messages as printed, beside sweep.json
 
 
 def arm_slug(arm: str) -> str:
@@ -106,16 +110,76 @@ def plan(sw: Sweep, sweep_dir: Path, force: bool = False) -> list[Planned]:
     return out
 
 
+def sweep_command(sw: Sweep, overrides: list[str]) -> str:
+    """The command line that runs this sweep: this process's own when it is the pdlab CLI, else rebuilt."""
+    if sys.argv and Path(sys.argv[0]).name in ("pdlab", "__main__.py") and "sweep" in sys.argv[1:]:
+        return " ".join(["pdlab", *sys.argv[1:]])
+    return " ".join(["pdlab", "sweep", str(sw.path), *(f"--set {o}" for o in overrides)])
+
+
 def write_sweep_json(sw: Sweep, sweep_dir: Path, overrides: list[str]) -> Path:
-    """sweep.json: the sweep file, overrides and every point (run, arm, repeat, baseline, axes, GPUs)."""
+    """sweep.json: the sweep file, overrides, command line and every point (run, arm, repeat, baseline, axes,
+    GPUs)."""
     doc = {"sweep": sw.name, "file": str(sw.path.resolve()), "description": sw.doc.description,
-           "overrides": list(overrides), "repeats": sw.doc.repeats, "written_at": now_iso(),
+           "overrides": list(overrides), "command": sweep_command(sw, overrides), "repeats": sw.doc.repeats,
+           "written_at": now_iso(),
            "points": [{"run": p.run, "arm": p.arm, "arm_label": arm_slug(p.arm), "repeat": p.repeat,
                        "baseline": p.baseline, "axes": p.axes, "kind": p.experiment.topology.kind,
                        "gpus": p.gpus} for p in sw.points]}
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(sweep_dir / SWEEP_JSON, dump_json(doc))
     return sweep_dir / SWEEP_JSON
+
+
+def estimate_s(pt: Point) -> float:
+    """A first guess of one point's wall time before any has run: its levels' scheduled time, a fifth more
+    for queues to drain, and half a minute to deploy and tear down."""
+    w = pt.experiment.workload
+    per = [w.duration_s or ((w.num_prompts or 0) / v if k == "rate" and v else 60.0) for k, v in w.levels]
+    return 1.2 * sum(per) + 30.0
+
+
+class Say:
+    """Sweep messages: printed on the console (rich markup) and appended as plain text to sweep.log."""
+
+    def __init__(self, console: Any, log: Path):
+        self.console, self.log = console, log
+
+    def __call__(self, text: str) -> None:
+        from rich.text import Text
+
+        self.console.print(text)
+        with contextlib.suppress(OSError), self.log.open("a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {Text.from_markup(text).plain}\n")
+
+
+@contextlib.contextmanager
+def follow(path: Path, say: Any, prefix: str, interval_s: float = 0.5) -> Iterator[None]:
+    """While the body runs, print the lines appended to `path` (a run's logs/progress.log), prefixed."""
+    done = threading.Event()
+
+    def pump() -> None:
+        pos = 0
+        while True:
+            finished = done.wait(interval_s)
+            with contextlib.suppress(OSError):
+                if path.exists():
+                    with path.open(encoding="utf-8") as f:
+                        f.seek(pos)
+                        chunk = f.read()
+                        pos = f.tell()
+                    for line in chunk.splitlines():
+                        say(f"{prefix}{line.split(' ', 1)[-1]}")
+            if finished:
+                return
+
+    th = threading.Thread(target=pump, name="pdlab-follow", daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        done.set()
+        th.join(timeout=5)
 
 
 def _budget_s(pt: Point) -> float:
@@ -228,8 +292,10 @@ def run_sweep(sweep_path: str | Path, overrides: list[str] | None = None, result
 
     write_sweep_json(sw, sweep_dir, overrides)
     kernel = kernel_name()
-    err.print(f"[bold]sweep {sw.name}[/]: {len(planned)} point(s), {len(todo)} to run, "
-              f"{len(planned) - len(todo)} already complete → {sweep_dir}")
+    guess = sum(estimate_s(p.point) for p in todo)
+    Say(err, sweep_dir / SWEEP_LOG)(
+        f"[bold]sweep {sw.name}[/]: {len(planned)} point(s), {len(todo)} to run, "
+        f"{len(planned) - len(todo)} already complete → {sweep_dir}" + (f"; estimated ≈ {_fmt_s(guess)}" if todo else ""))
     failures: list[tuple[str, str]] = []
     started = time.monotonic()
     with _forward_interrupts() as stop, _progress(err, len(todo)) as bar:
@@ -281,10 +347,11 @@ def _run_points(planned: list[Planned], todo: list[Planned], sw: Sweep, sweep_di
     """Execute the benchmark notebook for every planned point, printing progress and ETA; after an
     interrupt (stop.requested) the running point finishes saving and the sweep raises KeyboardInterrupt."""
     times: list[float] = []
+    say = Say(err, sweep_dir / SWEEP_LOG)
     for i, p in enumerate(planned, 1):
         tag = f"[{i}/{len(planned)}] {p.point.run} ({p.point.arm})"
         if p.action == "skip":
-            err.print(f"{tag}: complete, skipped")
+            say(f"{tag}: complete, skipped")
             continue
         if p.action == "force" and p.run_dir.exists():
             shutil.rmtree(p.run_dir)
@@ -293,22 +360,25 @@ def _run_points(planned: list[Planned], todo: list[Planned], sw: Sweep, sweep_di
             bar.update(bar.task_ids[0], description=f"{p.point.run} ({p.point.arm})")
         t = time.monotonic()
         params = {"point": _params_doc(p.point), "sweep": sw.name, "run_name": p.point.run,
-                  "results": str(sweep_dir.parent), "progress": False}
-        error = execute(bench_nb, p.run_dir / NOTEBOOK, params, kernel=kernel, cwd=p.run_dir,
-                        timeout_s=_budget_s(p.point))
+                  "results": str(sweep_dir.parent), "progress": "log", "command": sweep_command(sw, overrides)}
+        say(f"{tag}: running" + (f" (≈ {_fmt_s(estimate_s(p.point))})" if not times else ""))
+        with follow(p.run_dir / LOGS / PROGRESS_LOG, say, f"  {p.point.run}: "):
+            error = execute(bench_nb, p.run_dir / NOTEBOOK, params, kernel=kernel, cwd=p.run_dir,
+                            timeout_s=_budget_s(p.point))
         if error is None and not is_complete(p.run_dir):
             error = "the notebook finished but the run has no summary.json"
         dt = time.monotonic() - t
         times.append(dt)
-        left = sum(1 for q in planned[i:] if q.action != "skip")
-        eta = f", ETA {_fmt_s(left * sum(times) / len(times))}" if left else ""
+        left = [q for q in planned[i:] if q.action != "skip"]
+        mean_ratio = sum(times) / sum(estimate_s(q.point) for q in todo[:len(times)])
+        eta = f", sweep ETA {_fmt_s(mean_ratio * sum(estimate_s(q.point) for q in left))}" if left else ""
         done = sum(1 for q in planned[:i] if q.action != "skip")
         if error:
             failures.append((p.point.run, error))
-            err.print(f"{tag}: [red]FAILED[/] in {_fmt_s(dt)}: {error} — see {p.run_dir / NOTEBOOK} "
-                      f"({done}/{len(todo)} run{eta})")
+            say(f"{tag}: [red]FAILED[/] in {_fmt_s(dt)}: {error} — see {p.run_dir / NOTEBOOK} "
+                f"({done}/{len(todo)} run{eta})")
         else:
-            err.print(f"{tag}: [green]done[/] in {_fmt_s(dt)} ({done}/{len(todo)} run{eta})")
+            say(f"{tag}: [green]done[/] in {_fmt_s(dt)} ({done}/{len(todo)} run{eta})")
         if bar is not None:
             bar.advance(bar.task_ids[0])
         if stop is not None and stop.requested:

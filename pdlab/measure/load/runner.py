@@ -79,6 +79,14 @@ class LevelPlan:
             n = min(n, est) if n else est
         return n or 0
 
+    def scheduled_requests(self) -> int:
+        """Requests the level sends: exact for open loops (the seeded schedule's length), else the estimate."""
+        if self.kind != "rate":
+            return self.expected_requests()
+        count = self.num_prompts + self.warmup if self.num_prompts else None
+        return sum(1 for _ in send_times(self.arrival, self.value, burstiness=self.burstiness,
+                                         seed=[self.seed, self.index], duration_s=self.duration_s, count=count))
+
 
 @dataclass
 class LevelStats:
@@ -196,7 +204,7 @@ async def run_level(client: LoadClient, dataset: Dataset, plan: LevelPlan, sink:
     if plan.duration_s is None and plan.num_prompts is None:
         raise PdlabError("bound each level by 'duration_s' or 'num_prompts'")
     stats = stats or LevelStats()
-    stats.expected = plan.expected_requests()
+    stats.expected = plan.scheduled_requests()
     sink.set_level(plan.index, plan.kind, plan.value)
     t0 = client.t0
     perf = time.perf_counter
