@@ -630,7 +630,7 @@ class K8sDeployment(Deployment):
         log_dir = self.run_dir / "logs"
         for name in list(self.pods):
             text = call_quietly(lambda n=name: self._log(n, 5000))
-            if text:
+            if text is not None:  # an empty log (a quiet worker) is still saved: it says the pod logged nothing
                 log_dir.mkdir(parents=True, exist_ok=True)
                 (log_dir / f"{name}.log").write_text(text)
 
