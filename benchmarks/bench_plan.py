@@ -3,8 +3,9 @@ the real router, minutes)? Runs both for the same arms and rates and prints the 
 
     python benchmarks/bench_plan.py [--rates 2 4] [--duration 20] [--arms 3P1D colocated]
 
-Differences come from request routing (plan: round-robin; the router: its own policy), the client and
-HTTP path, and real-time scheduling noise on this machine. Nothing is asserted.
+Differences come from request routing (plan: the params' router policy, approximated — see pdlab.plan.routing;
+the router: its own), the client and HTTP path, and real-time scheduling noise on this machine. Nothing is
+asserted.
 """
 
 from __future__ import annotations

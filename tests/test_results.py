@@ -149,12 +149,12 @@ def test_deploy_failure_is_recorded_and_owned_deployment_torn_down(url, tmp_path
     monkeypatch.setattr(registry, "get_backend", lambda e: FakeBackend())
     import pdlab.measure.run as runmod
 
-    monkeypatch.setattr(runmod, "make_dataset", lambda *a, **k: (_ for _ in ()).throw(Boom("dataset broke")))
+    monkeypatch.setattr(runmod, "Scraper", lambda *a, **k: (_ for _ in ()).throw(Boom("scraper broke")))
     with pytest.raises(Boom):
         run_experiment(exp(), results=tmp_path, run_name="x", progress=False)
     assert dep.torn_down
     rd = tmp_path / "t" / "x"
-    assert "dataset broke" in json.loads((rd / "incomplete.json").read_text())["reason"]
+    assert "scraper broke" in json.loads((rd / "incomplete.json").read_text())["reason"]
     assert (rd / "logs" / "worker-0.log").read_text() == "log of worker-0\n"
 
 

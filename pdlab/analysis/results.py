@@ -155,7 +155,8 @@ def run_arm(params: dict, summary: dict | None = None) -> Arm | None:
 
 
 def run_columns(params: dict, summary: dict | None = None) -> dict[str, Any]:
-    """The per-run columns of load_sweep: the Arm's fields, workload, repeat and other labels."""
+    """The per-run columns of load_sweep: the Arm's fields, workload, repeat, other labels and the prefix-cache
+    hit rate per role (`cache_hit_<role>`, from summary.json)."""
     w = params.get("workload") or {}
     labels = dict(params.get("labels") or {})
     labels.pop("arm", None)
@@ -175,6 +176,7 @@ def run_columns(params: dict, summary: dict | None = None) -> dict[str, Any]:
            "model": (params.get("model") or {}).get("name"), "dataset": (w.get("dataset") or {}).get("kind"),
            "api": w.get("api"), "arrival": w.get("arrival"), "burstiness": w.get("burstiness"), "repeat": repeat}
     out.update({f"label_{k}": v for k, v in labels.items()})
+    out.update({f"cache_hit_{k}": v for k, v in ((summary or {}).get("cache_hit_rate") or {}).items()})
     return out
 
 

@@ -35,6 +35,8 @@ def _fmt(v: Any, f: str) -> str:
 def format_summary(run: Path | str | pd.DataFrame) -> str:
     """The per-level summary table (latencies in ms; '!' marks a client-bound level, '†' a p99 from fewer
     than MIN_SAMPLES requests) as text."""
+    hits: dict = {}
+    lost: list = []
     if isinstance(run, pd.DataFrame):
         df, head = run, ""
     else:
@@ -43,6 +45,8 @@ def format_summary(run: Path | str | pd.DataFrame) -> str:
         state = "" if r.complete else f"  [INCOMPLETE: {(r.incomplete or {}).get('reason', '?')}]"
         topo = (r.meta.get("topology") or {}).get("label") or ""
         head = f"{r.name}  {topo}{state}\n"
+        hits = r.meta.get("cache_hit_rate") or {}
+        lost = r.meta.get("workers_lost") or []
     if df.empty:
         return head + "(no measured levels)"
     kind = str(df["level_kind"].iloc[0]) if "level_kind" in df else "rate"
@@ -71,7 +75,16 @@ def format_summary(run: Path | str | pd.DataFrame) -> str:
                          f"{_fmt(r.get('requests'), '{:d}')} requests failed ({_fmt(r.get('failed_share'), '{:.0%}')}); "
                          "top errors:")
             notes += [f"    {e.get('count')} × {e.get('error')}" for e in (r.get("top_errors") or [])]
+    notes += [f"✗ lost worker {w['name']} ({w['role']}): stopped answering between t={w['last_seen_s']:g} s and "
+              f"t={w['lost_at_s']:g} s" for w in lost]
+    if hits:
+        notes.append(cache_hit_line(hits))
     return head + "\n".join(lines + notes)
+
+
+def cache_hit_line(hits: dict[str, float]) -> str:
+    """One line with the prefix-cache hit rate per role (cached ÷ prompt tokens over the run)."""
+    return "prefix cache hit (cached ÷ prompt tokens): " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(hits.items()))
 
 
 def _is_true(v: Any) -> bool:

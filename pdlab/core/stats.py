@@ -155,10 +155,24 @@ def top_errors(errors: pd.Series, n: int = TOP_ERRORS) -> list[dict[str, Any]]:
 
 
 def failure(requests: int, errors: pd.Series, max_failed_share: float) -> dict[str, Any]:
-    """failed_share, level_failed (share above `max_failed_share`, or nothing measured) and top_errors of a level."""
+    """failed_share, level_failed (share above `max_failed_share`, or nothing measured), top_errors and
+    failed_by_role of a level."""
     share = len(errors) / requests if requests else math.nan
     failed = not requests or share > max_failed_share
-    return {"failed_share": share, "level_failed": bool(failed), "top_errors": top_errors(errors)}
+    return {"failed_share": share, "level_failed": bool(failed), "top_errors": top_errors(errors),
+            "failed_by_role": failed_by_role(errors)}
+
+
+def failed_by_role(errors: pd.Series) -> dict[str, int]:
+    """Failed requests per role, where the error text (the router's or worker's message) names the role that
+    failed — 'prefill failed for bootstrap room …' — else 'unattributed'."""
+    if not len(errors):
+        return {}
+    text = errors.fillna("").astype(str).str.lower()
+    role = pd.Series("unattributed", index=text.index)
+    role[text.str.contains(r"\bdecode\b")] = "decode"
+    role[text.str.contains(r"\bprefill\b")] = "prefill"  # 'prefill failed' reported by the decode: the prefill's
+    return {str(k): int(v) for k, v in role.value_counts().items()}
 
 
 def client_health(d: pd.DataFrame, level_kind: str) -> dict[str, Any]:

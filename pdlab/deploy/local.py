@@ -409,7 +409,7 @@ class LocalDeployment(Deployment):
         bport = _free_port(self._ports) if role.mode == "prefill" else None
         args = commands.worker_args(self.experiment, role, host=HOST, port=port, bootstrap_port=bport)
         proc = _Proc(f"{self.experiment.name}-{role.name}-{index}", role.name, index,
-                     [*self._worker_cmd, *args, *_emulator_flags(self.experiment, self._worker_cmd)],
+                     [*self._worker_cmd, *args, *_emulator_flags(self.experiment, self._worker_cmd, role.name)],
                      self.log_dir / f"{self.experiment.name}-{role.name}-{index}.log", port, bport)
         self._spawn(proc)
         return proc
@@ -557,9 +557,9 @@ def _worker_prefix(exp: Experiment) -> list[str]:
     return [sys.executable, "-m", "pdlab.emulator"]
 
 
-def _emulator_flags(exp: Experiment, prefix: list[str]) -> list[str]:
-    """The `--emu-*` flags of the emulated worker (none for the real sglang)."""
-    return [] if "sglang.launch_server" in prefix else commands.emulator_args(exp)
+def _emulator_flags(exp: Experiment, prefix: list[str], role: str | None = None) -> list[str]:
+    """The `--emu-*` flags of the emulated worker of `role` (none for the real sglang)."""
+    return [] if "sglang.launch_server" in prefix else commands.emulator_args(exp, role)
 
 
 # --------------------------------------------------------------------------- backend

@@ -348,13 +348,13 @@ def render(exp: Experiment, *, api: str = "v1alpha1", run_id: str | None = None,
 
 
 def annotate_emulator_args(objs: list[dict], exp: Experiment) -> list[dict]:
-    """Add the experiment's `--emu-*` flags as an annotation on every worker pod template (in place), for a
-    cluster whose kubelet runs `pdlab.emulator` (see EMULATED_NODE_LABEL); the router's template is untouched."""
+    """Add the experiment's `--emu-*` flags (with each role's injected faults) as an annotation on every worker pod
+    template (in place), for a cluster whose kubelet runs `pdlab.emulator` (see EMULATED_NODE_LABEL); the router's
+    template is untouched."""
     import json
 
     from pdlab.experiment.commands import emulator_args
 
-    value = json.dumps(emulator_args(exp))
     for obj in objs:
         if obj.get("kind") != "RoleBasedGroup":
             continue
@@ -362,6 +362,7 @@ def annotate_emulator_args(objs: list[dict], exp: Experiment) -> list[dict]:
             if role["name"] == ROUTER_ROLE:
                 continue
             template = role.get("template") or role.get("standalonePattern", {}).get("template") or {}
+            value = json.dumps(emulator_args(exp, role["name"]))
             template.setdefault("metadata", {}).setdefault("annotations", {})[EMULATOR_ARGS_ANNOTATION] = value
             _stamp(template)  # the annotation is part of the template: its hash changes with it
     return objs

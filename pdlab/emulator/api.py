@@ -176,10 +176,11 @@ def finish_reason_native(reason: str, n: int, matched: str | None) -> dict:
     return {"type": "length", "length": n}
 
 
-def usage(prompt: int, completion: int) -> dict:
-    """OpenAI usage block."""
+def usage(prompt: int, completion: int, cached: int | None = None) -> dict:
+    """OpenAI usage block; `cached` (with --enable-cache-report) fills prompt_tokens_details.cached_tokens."""
+    details = None if cached is None else {"cached_tokens": cached}
     return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion,
-            "prompt_tokens_details": None}
+            "prompt_tokens_details": details}
 
 
 def sse(obj: Any) -> bytes:

@@ -1,7 +1,8 @@
 """The PD handoff over real sockets: a prefill worker's bootstrap server and the decode worker's client.
 
 Protocol (line-delimited JSON over TCP on --disaggregation-bootstrap-port): the decode worker, once it has
-reserved KV for a request, connects and sends ``{"room": R, "prompt_tokens": N}``; the prefill worker answers
+reserved KV for a request, connects and sends ``{"room": R, "prompt_tokens": N, "cached_tokens": C}`` (C: prompt
+tokens its own radix cache holds, which need not be sent); the prefill worker answers
 one line when it has prefilled room R and "sent" its KV — ``{"status": "ok"}`` — or ``{"status": "error",
 "message": ...}`` when the prefill failed or timed out. Either side gives up after ``timeout_s``.
 """
@@ -50,10 +51,11 @@ class BootstrapServer:
         if self._server is not None:
             self._server.close()
 
-    async def wait_registered(self, room: int) -> None:
-        """Prefill: wait until the decode worker has reserved KV and registered the room."""
+    async def wait_registered(self, room: int) -> int:
+        """Prefill: wait until the decode worker has reserved KV and registered the room; returns the prompt
+        tokens the decode worker already has cached."""
         try:
-            await asyncio.wait_for(asyncio.shield(self.room(room).registered), self.timeout_s)
+            return int(await asyncio.wait_for(asyncio.shield(self.room(room).registered), self.timeout_s))
         except TimeoutError:
             raise HandoffError(f"no decode worker registered bootstrap room {room} within {self.timeout_s:g} s") from None
 
@@ -69,7 +71,7 @@ class BootstrapServer:
             msg = json.loads(line)
             room = self.room(int(msg["room"]))
             if not room.registered.done():
-                room.registered.set_result(True)
+                room.registered.set_result(int(msg.get("cached_tokens") or 0))
             try:
                 error = await asyncio.wait_for(asyncio.shield(room.done), self.timeout_s)
             except TimeoutError:
@@ -84,13 +86,15 @@ class BootstrapServer:
             writer.close()
 
 
-async def fetch_kv(host: str, port: int, room: int, prompt_tokens: int, timeout_s: float) -> None:
+async def fetch_kv(host: str, port: int, room: int, prompt_tokens: int, timeout_s: float,
+                   cached_tokens: int = 0) -> None:
     """Decode side: register `room` with the prefill's bootstrap server and wait until its KV has arrived."""
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port)
             try:
-                writer.write(json.dumps({"room": room, "prompt_tokens": prompt_tokens}).encode() + b"\n")
+                msg = {"room": room, "prompt_tokens": prompt_tokens, "cached_tokens": cached_tokens}
+                writer.write(json.dumps(msg).encode() + b"\n")
                 await writer.drain()
                 line = await reader.readline()
             finally:

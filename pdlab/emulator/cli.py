@@ -6,6 +6,9 @@ profile; default inferred from --model-path's last component, else its config.js
 erdma) or --emu-link-bw-gbps X, --emu-step-overhead-ms X (default: the GPU profile's step_overhead_ms), --emu-time-scale F (every modelled
 duration × F; /metrics and meta_info report wall-clock as observed, i.e. scaled), --emu-pd-timeout-s S (PD
 handoff timeout, wall seconds), --emu-kv-pool-tokens N (override the KV pool sizing), --emu-seed N.
+Injected faults (see pdlab.emulator.faults): --emu-fault-error-rate F with --emu-fault-error-status 500|503,
+--emu-fault-stall-at-s T with --emu-fault-stall-s S, --emu-fault-crash-after N, --emu-fault-crash-at-s T,
+--emu-fault-kv-fail-rate F, --emu-fault-kv-timeout-rate F.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from pdlab.core.errors import PdlabError, SpecError, closest
 from pdlab.emulator.engine import EngineConfig
+from pdlab.emulator.faults import FaultConfig
 from pdlab.emulator.worker import WorkerConfig
 from pdlab.experiment.profiles import (
     LinkProfile,
@@ -67,6 +71,11 @@ def build_parser() -> _Parser:
     a("--context-length", type=int, default=None)
     a("--stream-interval", type=int, default=1)
     a("--max-prefill-tokens", type=int, default=16384)
+    a("--disable-radix-cache", action="store_true")
+    a("--page-size", type=int, default=1)
+    a("--enable-cache-report", action="store_true")
+    a("--disaggregation-decode-enable-radix-cache", action="store_true")
+    a("--num-reserved-decode-tokens", type=int, default=512)
     a("--trust-remote-code", action="store_true")
     a("--log-level", default="warning")
     a("--emu-gpu", default="L20")
@@ -80,6 +89,14 @@ def build_parser() -> _Parser:
     a("--emu-pd-timeout-s", type=float, default=120.0)
     a("--emu-kv-pool-tokens", type=int, default=None)
     a("--emu-seed", type=int, default=0)
+    a("--emu-fault-error-rate", type=float, default=0.0)
+    a("--emu-fault-error-status", type=int, default=503)
+    a("--emu-fault-stall-at-s", type=float, default=None)
+    a("--emu-fault-stall-s", type=float, default=0.0)
+    a("--emu-fault-crash-after", type=int, default=None)
+    a("--emu-fault-crash-at-s", type=float, default=None)
+    a("--emu-fault-kv-fail-rate", type=float, default=0.0)
+    a("--emu-fault-kv-timeout-rate", type=float, default=0.0)
     return p
 
 
@@ -112,17 +129,28 @@ def parse(argv: list[str]) -> WorkerConfig:
     chunk = ns.chunked_prefill_size
     if chunk is None:
         chunk = 4096 if gprof.memory_gb < 60 else 8192
-    for name in ("tp", "port", "stream_interval"):
+    for name in ("tp", "port", "stream_interval", "page_size"):
         if getattr(ns, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if ns.emu_time_scale <= 0:
         parser.error("--emu-time-scale must be > 0")
+    try:
+        faults = FaultConfig(
+            error_rate=ns.emu_fault_error_rate, error_status=ns.emu_fault_error_status,
+            stall_at_s=ns.emu_fault_stall_at_s, stall_s=ns.emu_fault_stall_s, crash_after=ns.emu_fault_crash_after,
+            crash_at_s=ns.emu_fault_crash_at_s, kv_fail_rate=ns.emu_fault_kv_fail_rate,
+            kv_timeout_rate=ns.emu_fault_kv_timeout_rate, seed=ns.emu_seed)
+    except ValueError as e:
+        parser.error(str(e))
     ecfg = EngineConfig(
         model=mprof, gpu=gprof, tp=ns.tp, mode=ns.disaggregation_mode, chunked_prefill_size=chunk,
         max_prefill_tokens=ns.max_prefill_tokens, max_running_requests=ns.max_running_requests or 2048,
         mem_fraction_static=ns.mem_fraction_static or 0.88, context_length=ns.context_length,
         step_overhead_s=None if ns.emu_step_overhead_ms is None else ns.emu_step_overhead_ms / 1e3,
         kv_pool_tokens=ns.emu_kv_pool_tokens, link=lprof,
+        radix_cache=not ns.disable_radix_cache and (ns.disaggregation_mode != "decode"
+                                                    or ns.disaggregation_decode_enable_radix_cache),
+        page_size=ns.page_size,
     )
     if ecfg.kv_pool_tokens <= 0:
         raise PdlabError(f"{mprof.name} does not fit on {ns.tp}× {gprof.name} at --mem-fraction-static "
@@ -133,6 +161,7 @@ def parse(argv: list[str]) -> WorkerConfig:
         transfer_backend=ns.disaggregation_transfer_backend, enable_metrics=ns.enable_metrics,
         stream_interval=ns.stream_interval, time_scale=ns.emu_time_scale, pd_timeout_s=ns.emu_pd_timeout_s,
         seed=ns.emu_seed, server_args={k: v for k, v in vars(ns).items() if not k.startswith("emu_")},
+        enable_cache_report=ns.enable_cache_report, faults=faults,
     )
 
 

@@ -50,6 +50,7 @@ class RealtimeDriver:
         self.on_step = on_step
         self.stats = ClockStats()
         self.running = False
+        self.stall_until = 0.0  # an injected stall: no step starts before this time
         self._wake = asyncio.Event()
 
     @staticmethod
@@ -77,6 +78,12 @@ class RealtimeDriver:
         try:
             while True:
                 now = self.now()
+                if self.stall_until > now:
+                    if busy_start is not None:  # the stall is not model time: close the busy period
+                        st.wall_s += max(now, target) - busy_start
+                        busy_start = target = None
+                    await asyncio.sleep(self.stall_until - now)
+                    continue
                 batch = eng.next_batch(now)
                 if batch is None:
                     if busy_start is not None:

@@ -13,8 +13,20 @@ PD modes: a ``prefill`` engine never decodes; after a prompt is prefilled the re
 into KV (``admit(now)`` returns those newly allocated, for the driver to register with the prefill's
 bootstrap server) and starts decoding one only after ``kv_arrived(req, now)``.
 
+Prefix cache (SGLang's RadixAttention, ``radix.RadixCache``; on unless ``radix_cache=False``): a request that
+carries its prompt's token ids (``Req.tokens``) is matched against the cache when admitted; the cached tokens
+(whole pages, at least one prompt token left to compute) skip prefill compute but their KV stays shared in the
+pool. The prompt is inserted after its prefill (so concurrent requests with the same prefix hit), prompt +
+output at finish. KV accounting: every admitted request reserves its uncached tokens; reserved + cache size
+never exceeds the pool, least-recently-used unlocked prefixes are evicted to make room.
+
+KV link contention (PD): every worker's link is a FIFO at the link's bandwidth; a transfer occupies the
+prefill's link and then (overlapping in time) the decode's, so transfers leaving one prefill worker or entering
+one decode worker queue: n of them at once take n × one transfer's time (the real-time worker does the same).
+
 ``simulate(requests, config, ...)`` runs the same engines in virtual time (discrete events, no HTTP):
-colocated workers behind round-robin, or prefill/decode workers with the KV transfer over the link.
+colocated workers or prefill/decode workers with the KV transfer over the link, requests placed by a
+router policy (``routing``; round-robin unless told otherwise).
 """
 
 from __future__ import annotations
@@ -22,10 +34,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from pdlab.emulator import perfmodel
+from pdlab.emulator import perfmodel, routing
+from pdlab.emulator.radix import Node, RadixCache
 from pdlab.experiment.profiles import GPUProfile, LinkProfile, ModelProfile
 from pdlab.experiment.profiles import link as link_profile
 
@@ -49,10 +62,14 @@ class EngineConfig:
     step_overhead_s: float | None = None  # None: the GPU profile's step_overhead_ms
     kv_pool_tokens: int | None = None
     link: LinkProfile | None = None
+    radix_cache: bool = True
+    page_size: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {self.page_size}")
         if self.kv_pool_tokens is None:
             self.kv_pool_tokens = perfmodel.kv_pool_tokens(self.model, self.gpu, self.tp, self.mem_fraction_static)
         if self.context_length is None:
@@ -82,6 +99,11 @@ class Req:
     t_prefill_done: float | None = None
     max_itl: float = 0.0
     error: str | None = None
+    tokens: Sequence[int] | None = None  # prompt token ids (prefix caching); None: never cached
+    out_ids: list[int] | None = None  # generated ids (the driver appends); cached with the prompt at finish
+    cached: int = 0  # prompt tokens found in the prefix cache at admission
+    covered: int = 0  # prompt tokens of this request held by the cache (shared, not in `reserved`)
+    node: Node | None = None  # the cache node this request locks
 
     def _emit(self, kind: str) -> None:
         if self.listener is not None:
@@ -112,7 +134,10 @@ class Engine:
         self.used = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.cached_tokens_total = 0
+        self.last_hit_rate = 0.0
         self.steps = 0
+        self.cache = RadixCache(config.page_size) if config.radix_cache else None
 
     # -- submission and state -------------------------------------------------------------------
     def check(self, prompt_len: int, max_new_tokens: int) -> str | None:
@@ -149,24 +174,77 @@ class Engine:
         return len(self.waiting)
 
     @property
+    def used_tokens(self) -> int:
+        """KV tokens in use: requests' own tokens plus cached prefixes a request holds (SGLang's num_used_tokens)."""
+        return self.used + (self.cache.protected if self.cache else 0)
+
+    @property
+    def cache_size(self) -> int:
+        """Tokens in the prefix cache."""
+        return self.cache.size if self.cache else 0
+
+    @property
     def token_usage(self) -> float:
-        """Fraction of the KV pool holding tokens."""
-        return self.used / self.pool if self.pool else 0.0
+        """Fraction of the KV pool holding tokens in use (evictable cached prefixes not counted, as in SGLang)."""
+        return self.used_tokens / self.pool if self.pool else 0.0
 
-    def _can_admit(self, req: Req, pending: int = 0) -> bool:
-        need = self._need(req.prompt_len, req.max_new_tokens)
-        return (self.num_running + pending < self.config.max_running_requests
-                and self.reserved + need <= self.pool)
+    def _try_admit(self, req: Req, pending: int = 0) -> bool:
+        """Give `req` KV if a running slot and memory are free: match its cached prefix, lock it, reserve the
+        rest (evicting unused cached prefixes when short). False leaves everything as it was."""
+        if self.num_running + pending >= self.config.max_running_requests:
+            return False
+        m, node = 0, None
+        if self.cache is not None and req.tokens is not None:
+            m, node = self.cache.match(req.tokens[: req.prompt_len - 1])
+            self.cache.lock(node)
+        need = self._need(req.prompt_len, req.max_new_tokens) - m
+        short = self.reserved + need + self.cache_size - self.pool
+        if short > 0 and self.cache is not None:
+            self.cache.evict(short)
+            short = self.reserved + need + self.cache_size - self.pool
+        if short > 0:
+            if node is not None:
+                self.cache.unlock(node)  # type: ignore[union-attr]
+            return False
+        req.node, req.cached, req.covered = node, m, m
+        req.reserved = need
+        self.reserved += need
+        return True
 
-    def _allocate(self, req: Req) -> None:
-        req.reserved = self._need(req.prompt_len, req.max_new_tokens)
-        self.reserved += req.reserved
+    def _cache_tokens(self, req: Req, tokens: Sequence[int]) -> None:
+        """Insert `tokens` (a prefix of the request's sequence, KV computed) into the cache; the tokens now held
+        by the cache stop counting against the request (a duplicate of a prefix cached meanwhile is freed)."""
+        if self.cache is None or req.tokens is None:
+            return
+        _, node = self.cache.insert(tokens)
+        self.cache.lock(node)
+        if req.node is not None:
+            self.cache.unlock(req.node)
+        req.node = node
+        moved = min(self.cache._aligned(len(tokens)), req.prompt_len + req.generated) - req.covered
+        if moved > 0:
+            req.covered += moved
+            req.reserved -= moved
+            self.reserved -= moved
+            req.held -= moved
+            self.used -= moved
 
     def _free(self, req: Req) -> None:
         self.reserved -= req.reserved
         self.used -= req.held
         req.reserved = 0
         req.held = 0
+        if req.node is not None and self.cache is not None:
+            self.cache.unlock(req.node)
+        req.node = None
+
+    def flush(self) -> bool:
+        """SGLang's /flush_cache: empty the prefix cache, refused (False) while requests are queued or running."""
+        if self.waiting or self.running or self.chunked or self.transferring:
+            return False
+        if self.cache is not None:
+            self.cache.reset()
+        return True
 
     # -- scheduling -----------------------------------------------------------------------------
     def next_batch(self, now: float) -> Batch | None:
@@ -189,6 +267,7 @@ class Engine:
         chunk = cfg.chunked_prefill_size if cfg.chunked_prefill_size and cfg.chunked_prefill_size > 0 else 1 << 62
         budget = min(chunk, cfg.max_prefill_tokens if cfg.max_prefill_tokens > 0 else 1 << 62)
         items: list[tuple[Req, int]] = []
+        hit = new = 0
         if self.chunked is not None:
             r = self.chunked
             n = min(r.prompt_len - r.prefilled, budget)
@@ -196,18 +275,23 @@ class Engine:
             budget -= n
         while self.waiting and budget > 0:
             r = self.waiting[0]
-            if not self._can_admit(r, len(items) - (self.chunked is not None)):
+            if not self._try_admit(r, len(items) - (self.chunked is not None)):
                 break  # FCFS: the head waits for KV or a running slot
             self.waiting.popleft()
-            self._allocate(r)
             r.state = "prefilling"
-            n = min(r.prompt_len, budget)
+            r.prefilled = r.cached
+            self.cached_tokens_total += r.cached
+            hit += r.cached
+            new += r.prompt_len - r.cached
+            n = min(r.prompt_len - r.prefilled, budget)
             items.append((r, n))
             budget -= n
-            if n < r.prompt_len:
+            if r.prefilled + n < r.prompt_len:
                 break
         if not items:
             return None
+        if hit + new:
+            self.last_hit_rate = hit / (hit + new)
         batch = Batch("prefill", prefill=items)
         batch.cost = perfmodel.step_time(
             cfg.model, cfg.gpu, cfg.tp, prefill=[(n, r.prefilled) for r, n in items], overhead_s=cfg.step_overhead_s
@@ -226,6 +310,8 @@ class Engine:
                 r.held += n
                 self.used += n
                 self.prompt_tokens_total += n
+                if r.tokens is not None:
+                    self._cache_tokens(r, r.tokens[: r.prefilled])
                 if r.prefilled < r.prompt_len:
                     self.chunked = r
                     continue
@@ -289,6 +375,9 @@ class Engine:
     def _finish(self, r: Req, now: float) -> None:
         r.state = "finished"
         r.t_finish = now
+        if r.tokens is not None and self.config.mode != "prefill":
+            out = list(r.out_ids or ())[: max(r.generated - 1, 0)]
+            self._cache_tokens(r, list(r.tokens[: r.prompt_len]) + out)
         self._free(r)
         r._emit("finished")
 
@@ -309,9 +398,9 @@ class Engine:
     def admit(self, now: float) -> list[Req]:
         """Decode mode: allocate KV for waiting requests (FCFS); returns those now awaiting their KV."""
         out = []
-        while self.waiting and self._can_admit(self.waiting[0]):
+        while self.waiting and self._try_admit(self.waiting[0]):
             r = self.waiting.popleft()
-            self._allocate(r)
+            self.cached_tokens_total += r.cached
             r.state = "kv_wait"
             self.transferring[r.rid] = r
             out.append(r)
@@ -322,8 +411,10 @@ class Engine:
         if self.transferring.pop(req.rid, None) is None:
             return
         req.prefilled = req.prompt_len
-        req.held += req.prompt_len
-        self.used += req.prompt_len
+        req.held += req.prompt_len - req.covered
+        self.used += req.prompt_len - req.covered
+        if req.tokens is not None:
+            self._cache_tokens(req, req.tokens[: req.prompt_len])
         req.t_prefill_done = now
         req.state = "running"
         self.running.append(req)
@@ -360,16 +451,22 @@ class Engine:
 # -- virtual time ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SimRequest:
-    """A request for `simulate`: arrival time (s), prompt tokens, output tokens."""
+    """A request for `simulate`: arrival time (s), prompt tokens, output tokens; optionally the prompt's token
+    ids (prefix caching, cache-aware routing), the output ids cached after it, and `after`: the index of the
+    request this one follows in a session — then `arrival` is the think time after that one finished."""
 
     arrival: float
     prompt_tokens: int
     output_tokens: int
+    tokens: tuple[int, ...] | None = None
+    output_ids: tuple[int, ...] | None = None
+    after: int | None = None
 
 
 @dataclass(frozen=True)
 class RequestTiming:
-    """Per-request outcome of `simulate` (seconds, virtual time)."""
+    """Per-request outcome of `simulate` (seconds, virtual time); cached tokens on the prefill (or colocated)
+    worker and on the decode worker."""
 
     index: int
     arrival: float
@@ -379,6 +476,8 @@ class RequestTiming:
     e2e: float
     tpot: float
     max_itl: float
+    cached_tokens: int = 0
+    decode_cached_tokens: int = 0
 
 
 def simulate(
@@ -389,6 +488,10 @@ def simulate(
     prefill_workers: int = 0,
     decode_workers: int = 0,
     decode_config: EngineConfig | None = None,
+    policy: routing.Policy | None = None,
+    prefill_policy: routing.Policy | None = None,
+    decode_policy: routing.Policy | None = None,
+    seed: int = 0,
     max_events: int = 50_000_000,
     stop: Callable[[float, dict[int, RequestTiming]], bool] | None = None,
     check_every: int = 256,
@@ -398,10 +501,17 @@ def simulate(
 
     `stop(now, finished)` is asked every `check_every` events whether to end early (the requests finished by then
     are returned). `coalesce` runs up to COALESCE_STEPS decode-only steps of one engine as a single event (exact:
-    anything touching that engine meanwhile cuts the run at the step in progress).
+    anything touching that engine meanwhile cuts the run at the step in progress). Requests are placed by `policy`
+    (round-robin when None), in PD by `prefill_policy` / `decode_policy` when given (as sglang-router's
+    --prefill-policy / --decode-policy override --policy).
     """
-    reqs = sorted(enumerate(requests), key=lambda x: x[1].arrival)
+    reqs = list(requests)
+    followers: dict[int, list[int]] = {}
+    for i, sr in enumerate(reqs):
+        if sr.after is not None:
+            followers.setdefault(sr.after, []).append(i)
     pd = prefill_workers > 0
+    base = policy or routing.Policy("round_robin")
     if pd:
         if decode_workers <= 0:
             raise ValueError("PD simulation needs decode_workers > 0")
@@ -410,17 +520,23 @@ def simulate(
         prefills = [Engine(pcfg) for _ in range(prefill_workers)]
         decodes = [Engine(dcfg) for _ in range(decode_workers)]
         engines = prefills + decodes
+        pick_p = routing.Picker(prefill_workers, prefill_policy or base, seed)
+        pick_d = routing.Picker(decode_workers, decode_policy or base, seed + 1)
     else:
         engines = [Engine(_with_mode(config, "null")) for _ in range(workers)]
         prefills, decodes = engines, []
+        pick_p = pick_d = routing.Picker(workers, base, seed)
+    index = {id(e): k for k, e in enumerate(prefills)} | {id(e): k for k, e in enumerate(decodes)}
     seq = itertools.count()
     heap: list[tuple[float, int, str, object]] = []
     busy = {id(e): False for e in engines}
     runs: dict[int, list] = {}  # id(engine) -> [batch, step end times, event id] of a coalesced decode run
     span = {id(e): 4 for e in engines}  # steps the next run of an engine plans (grows while runs go uncut)
-    link_free = {id(e): 0.0 for e in prefills}
+    link_free = {id(e): 0.0 for e in engines}  # each worker's KV link: a FIFO (prefill sends, decode receives)
     results: dict[int, RequestTiming] = {}
     pair: dict[str, dict] = {}  # rid -> {"p": (engine, req), "d": (engine, req), "p_done", "d_ready"}
+    arrived: dict[int, float] = {}
+    p_cached: dict[str, int] = {}  # PD: prefill-side cached tokens of requests whose KV was sent
 
     def push(t: float, kind: str, payload: object) -> None:
         heapq.heappush(heap, (t, next(seq), kind, payload))
@@ -465,30 +581,39 @@ def simulate(
         if "p_done" in p and "d_ready" in p and "sent" not in p:
             p["sent"] = True
             pe, pr = p["p"]
-            start = max(t, link_free[id(pe)])
-            dur = perfmodel.kv_transfer_time(pr.prompt_len, pe.config.model, pe.config.link)
-            link_free[id(pe)] = start + dur
-            push(start + dur, "kv", rid)
+            de, dr = p["d"]
+            dur = perfmodel.kv_transfer_time(pr.prompt_len - dr.cached, pe.config.model, pe.config.link)
+            sent = link_free[id(pe)] = max(t, link_free[id(pe)]) + dur
+            got = link_free[id(de)] = max(sent - dur, link_free[id(de)]) + dur
+            push(got, "kv", rid)
 
-    def record(i: int, sr: SimRequest, r: Req) -> None:
-        ttft = r.t_first - sr.arrival
-        e2e = r.t_finish - sr.arrival
+    def record(i: int, r: Req, cached: int, t: float) -> None:
+        t0 = arrived[i]
+        ttft = r.t_first - t0
+        e2e = r.t_finish - t0
         tpot = (r.t_finish - r.t_first) / (r.generated - 1) if r.generated > 1 else 0.0
-        results[i] = RequestTiming(i, sr.arrival, sr.prompt_tokens, r.generated, ttft, e2e, tpot, r.max_itl)
+        dcached = r.cached if pd else 0
+        results[i] = RequestTiming(i, t0, r.prompt_len, r.generated, ttft, e2e, tpot, r.max_itl, cached, dcached)
+        for j in followers.get(i, ()):
+            push(t + reqs[j].arrival, "arrive", j)
 
-    def listener_for(i: int, sr: SimRequest, role: str):
+    def listener_for(i: int, role: str, e: Engine):
         def on(kind: str, r: Req) -> None:
             if role == "p" and kind == "prefill_done":
                 pair[r.rid]["p_done"] = r.t_prefill_done
                 maybe_transfer(r.rid, r.t_prefill_done)
+            elif role == "p" and kind == "finished":
+                pick_p.done(index[id(e)])
             elif role in ("c", "d") and kind == "finished":
-                record(i, sr, r)
+                (pick_d if pd else pick_p).done(index[id(e)])
+                cached = p_cached.pop(r.rid, 0) if pd else r.cached
+                record(i, r, cached, r.t_finish)
 
         return on
 
-    for i, sr in reqs:
-        push(sr.arrival, "arrive", (i, sr))
-    rr = itertools.count()
+    for i, sr in enumerate(reqs):
+        if sr.after is None:
+            push(sr.arrival, "arrive", i)
     events = 0
     while heap and events < max_events:
         events += 1
@@ -496,21 +621,27 @@ def simulate(
         if stop is not None and events % check_every == 0 and stop(t, results):
             break
         if kind == "arrive":
-            i, sr = payload
+            i = payload
+            sr = reqs[i]
+            arrived[i] = t
             rid = f"r{i}"
-            k = next(rr)
+            hashes = routing.block_hashes(sr.tokens)
+            out = list(sr.output_ids) if sr.output_ids is not None else None
             if pd:
-                pe, de = prefills[k % len(prefills)], decodes[k % len(decodes)]
-                pr = Req(rid, sr.prompt_tokens, 1, t, listener_for(i, sr, "p"))
-                dr = Req(rid, sr.prompt_tokens, sr.output_tokens, t, listener_for(i, sr, "d"))
+                pe = prefills[pick_p.pick(sr.tokens, hashes, sr.prompt_tokens)]
+                de = decodes[pick_d.pick(sr.tokens, hashes, sr.prompt_tokens)]
+                pr = Req(rid, sr.prompt_tokens, 1, t, listener_for(i, "p", pe), tokens=sr.tokens)
+                dr = Req(rid, sr.prompt_tokens, sr.output_tokens, t, listener_for(i, "d", de), tokens=sr.tokens,
+                         out_ids=out)
                 pair[rid] = {"p": (pe, pr), "d": (de, dr)}
                 pe.submit(pr)
                 de.submit(dr)
                 poke(pe, t)
                 poke(de, t)
             else:
-                e = engines[k % len(engines)]
-                e.submit(Req(rid, sr.prompt_tokens, sr.output_tokens, t, listener_for(i, sr, "c")))
+                e = engines[pick_p.pick(sr.tokens, hashes, sr.prompt_tokens)]
+                e.submit(Req(rid, sr.prompt_tokens, sr.output_tokens, t, listener_for(i, "c", e), tokens=sr.tokens,
+                             out_ids=out))
                 poke(e, t)
         elif kind == "step":
             e, b = payload
@@ -535,6 +666,7 @@ def simulate(
             p = pair.pop(payload)
             pe, pr = p["p"]
             de, dr = p["d"]
+            p_cached[payload] = pr.cached
             pe.release(pr, t)
             de.kv_arrived(dr, t)
             poke(pe, t)

@@ -57,6 +57,9 @@ class WorkerMetrics:
                                                ["model_name"], registry=r).labels(**tl)
         self.num_requests_total = Counter("sglang:num_requests", "Number of requests processed.", ["model_name"],
                                           registry=r).labels(**tl)
+        self.cached_tokens_total = Counter("sglang:cached_tokens", "Number of cached prompt tokens.",
+                                           ["model_name", "cache_source"], registry=r).labels(
+                                               model_name=model_name, cache_source="device")
         self.num_aborted_requests_total = Counter("sglang:num_aborted_requests", "Number of requests aborted.",
                                                   ["model_name"], registry=r).labels(**tl)
         self.ttft = Histogram("sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.",

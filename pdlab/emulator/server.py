@@ -17,6 +17,8 @@ from pdlab.emulator.api import BadRequest, GenRequest
 from pdlab.emulator.worker import Stream, Worker, WorkerConfig
 
 VERSION = "0.5.0-pdlab-emulator"
+FLUSHED = ("Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting "
+           "requests, the operation will not be performed.)\n")
 
 
 def create_app(cfg: WorkerConfig) -> Starlette:
@@ -44,7 +46,8 @@ def create_app(cfg: WorkerConfig) -> Starlette:
             "max_prefill_tokens": e.config.max_prefill_tokens, "max_running_requests": e.config.max_running_requests,
             "mem_fraction_static": e.config.mem_fraction_static, "context_length": e.config.context_length,
             "stream_interval": cfg.stream_interval, "enable_metrics": cfg.enable_metrics,
-            "max_total_num_tokens": e.pool, "version": VERSION,
+            "max_total_num_tokens": e.pool, "version": VERSION, "disable_radix_cache": e.cache is None,
+            "page_size": e.config.page_size, "enable_cache_report": cfg.enable_cache_report,
             "internal_states": [{"last_gen_throughput": worker.metrics.last_gen_throughput,
                                  "memory_usage": {"token_capacity": e.pool}}],
             "emulated": {"gpu": e.config.gpu.name, "gpu_profile": e.config.gpu.describe(), "model": e.config.model.name, "link": e.config.link.name,
@@ -75,19 +78,29 @@ def create_app(cfg: WorkerConfig) -> Starlette:
         return JSONResponse([{**worker.load(), "dp_rank": 0}])
 
     async def flush_cache(request: Request) -> Response:
-        return Response("Cache flushed.\n", status_code=200)
+        if worker.flush_cache():
+            return Response(FLUSHED, status_code=200)
+        return Response("Flush cache failed.\n", status_code=400)
 
     async def emu_stats(request: Request) -> Response:
         e = worker.engine
         return JSONResponse({"clock": worker.driver.stats.as_dict(), "running": e.num_running, "queued": e.num_queued,
-                             "kv_used": e.used, "kv_pool": e.pool, "steps": e.steps})
+                             "kv_used": e.used_tokens, "kv_pool": e.pool, "steps": e.steps,
+                             "radix_cache_tokens": e.cache_size, "cached_tokens_total": e.cached_tokens_total})
 
     def endpoint(kind: str, parse: Callable[[dict], GenRequest],
                  reply: Callable[[Stream, GenRequest], dict],
                  chunks: Callable[[Stream, GenRequest], AsyncIterator[bytes]]) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
+            status, crash = worker.faults.on_request()
+            if crash:
+                worker.crash(f"--emu-fault-crash-after {worker.faults.cfg.crash_after}")
             try:
                 g = parse(api.parse_json(await request.body()))
+                if status is not None:
+                    msg = f"injected fault (--emu-fault-error-rate): HTTP {status}"
+                    worker.reject(g, msg)
+                    return JSONResponse(api.error_body(kind, msg, status), status_code=status)
                 stream = worker.submit(g)
             except BadRequest as e:
                 return JSONResponse(api.error_body(kind, e.message, e.status), status_code=e.status)
@@ -117,7 +130,7 @@ def create_app(cfg: WorkerConfig) -> Starlette:
         return {"id": g.rid,
                 "finish_reason": api.finish_reason_native(s.finish_reason, len(s.ids), s.matched) if final else None,
                 "prompt_tokens": len(g.prompt_ids), "weight_version": "default", "completion_tokens": len(s.ids),
-                "cached_tokens": 0, "e2e_latency": worker.driver.now() - s.t_arrival}
+                "cached_tokens": s.req.cached if s.req else 0, "e2e_latency": worker.driver.now() - s.t_arrival}
 
     def gen_reply(s: Stream, g: GenRequest) -> dict:
         return {"text": s.text, "output_ids": list(s.ids), "meta_info": meta(s, g, True)}
@@ -144,7 +157,11 @@ def create_app(cfg: WorkerConfig) -> Starlette:
             choice["text"] = s.text
             obj = "text_completion"
         return {"id": g.rid, "object": obj, "created": g.created, "model": g.model, "choices": [choice],
-                "usage": api.usage(len(g.prompt_ids), len(s.ids))}
+                "usage": usage(s, g)}
+
+    def usage(s: Stream, g: GenRequest) -> dict:
+        cached = (s.req.cached if s.req else 0) if cfg.enable_cache_report else None
+        return api.usage(len(g.prompt_ids), len(s.ids), cached)
 
     async def oai_chunks(s: Stream, g: GenRequest) -> AsyncIterator[bytes]:
         chat = g.kind == "chat"
@@ -172,7 +189,7 @@ def create_app(cfg: WorkerConfig) -> Starlette:
         else:
             yield chunk(None, s.finish_reason)
             if g.include_usage:
-                yield api.sse({**head, "choices": [], "usage": api.usage(len(g.prompt_ids), len(s.ids))})
+                yield api.sse({**head, "choices": [], "usage": usage(s, g)})
         yield api.SSE_DONE
 
     name = cfg.served_model_name

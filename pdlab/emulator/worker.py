@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,6 +14,7 @@ from pdlab.emulator.api import BadRequest, GenRequest
 from pdlab.emulator.bootstrap import BootstrapServer, HandoffError, fetch_kv
 from pdlab.emulator.driver import RealtimeDriver
 from pdlab.emulator.engine import Batch, Engine, EngineConfig, Req
+from pdlab.emulator.faults import FaultConfig, Faults
 from pdlab.emulator.metrics import WorkerMetrics
 from pdlab.emulator.tokens import TokenWalk
 
@@ -32,6 +35,8 @@ class WorkerConfig:
     time_scale: float = 1.0
     pd_timeout_s: float = 120.0
     seed: int = 0
+    enable_cache_report: bool = False
+    faults: FaultConfig = field(default_factory=FaultConfig)
     server_args: dict = field(default_factory=dict)
 
 
@@ -108,6 +113,7 @@ class Worker:
         self._tasks: set[asyncio.Task] = set()
         self._link_free = 0.0
         self._tp_last = (0.0, 0)
+        self.faults = Faults(cfg.faults)
 
     @property
     def mode(self) -> str:
@@ -121,6 +127,21 @@ class Worker:
         self._task = asyncio.create_task(self.driver.run())
         await asyncio.sleep(0)  # let the engine loop start before the server reports ready
         self._tp_last = (self.driver.now(), 0)
+        f, loop = self.cfg.faults, asyncio.get_running_loop()
+        if f.crash_at_s is not None:
+            loop.call_later(f.crash_at_s, self.crash, f"--emu-fault-crash-at-s {f.crash_at_s:g}")
+        if f.stall_at_s is not None and f.stall_s > 0:
+            loop.call_later(f.stall_at_s, self.stall, f.stall_s)
+
+    def crash(self, why: str) -> None:
+        """Injected fault: die like a crashed server (exit code 1, streams cut, port closed)."""
+        print(f"pdlab emulator on port {self.cfg.port}: injected crash ({why})", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    def stall(self, seconds: float) -> None:
+        """Injected fault: the engine starts no step for `seconds` (wall clock)."""
+        self.driver.stall_until = self.driver.now() + seconds
+        self.driver.notify()
 
     async def stop(self) -> None:
         """Stop the engine loop and the bootstrap server."""
@@ -154,11 +175,17 @@ class Worker:
         seed = g.seed if g.seed is not None else zlib.crc32(repr(g.prompt_ids[-64:]).encode()) ^ self.cfg.seed
         stream = Stream(g, self.driver.now(), seed)
         max_new = 1 if self.mode == "prefill" else max(g.max_new_tokens, 1)
-        req = Req(g.rid, len(g.prompt_ids), max_new, stream.t_arrival, self._listener(stream), ctx=stream)
+        req = Req(g.rid, len(g.prompt_ids), max_new, stream.t_arrival, self._listener(stream), ctx=stream,
+                  tokens=g.prompt_ids, out_ids=stream.ids)
         stream.req = req
         self.engine.submit(req)
         self.driver.notify()
         return stream
+
+    def reject(self, g: GenRequest, why: str) -> None:
+        """A request refused before it ran: a prefill worker tells its decode peer at once (no hung handoff)."""
+        if self.bootstrap is not None and g.bootstrap is not None:
+            self.bootstrap.complete(g.bootstrap[2], why)
 
     def abort(self, stream: Stream, why: str = "client disconnected") -> None:
         """Drop a request whose client went away."""
@@ -215,6 +242,7 @@ class Worker:
             m = self.metrics
             m.e2e.observe(self.driver.now() - s.t_arrival)
             m.prompt_tokens_total.inc(r.prompt_len)
+            m.cached_tokens_total.inc(r.cached)
             m.num_requests_total.inc()
         s.event.set()
 
@@ -223,18 +251,25 @@ class Worker:
         """Prefill: wait for the decode worker's registration, then 'send' the KV over the link."""
         try:
             if s.room is not None:
-                await self.bootstrap.wait_registered(s.room)
+                decode_cached = await self.bootstrap.wait_registered(s.room)
+                outcome = self.faults.kv_outcome()
                 now = self.driver.now()
-                dur = perfmodel.kv_transfer_time(r.prompt_len, self.cfg.engine.model, self.cfg.engine.link)
+                sent = max(r.prompt_len - decode_cached, 0)  # a decode radix cache already holds the rest
+                dur = perfmodel.kv_transfer_time(sent, self.cfg.engine.model, self.cfg.engine.link)
                 dur *= self.cfg.time_scale
                 start = max(now, self._link_free)
                 self._link_free = start + dur
                 await asyncio.sleep(self._link_free - now)
+                if outcome == "fail":
+                    raise HandoffError(f"KV transfer of bootstrap room {s.room} failed (injected fault)")
+                if outcome == "timeout":
+                    await asyncio.sleep(self.cfg.pd_timeout_s)
+                    raise HandoffError(f"KV transfer of bootstrap room {s.room} timed out (injected fault)")
                 self.bootstrap.complete(s.room)
                 self.metrics.kv_transfer_latency_ms.set(dur * 1e3)
                 if dur > 0:
                     self.metrics.kv_transfer_speed_gb_s.set(
-                        r.prompt_len * self.cfg.engine.model.kv_bytes_per_token / dur / 1e9)
+                        sent * self.cfg.engine.model.kv_bytes_per_token / dur / 1e9)
             self.engine.release(r, self.driver.now())
         except HandoffError as e:
             self.bootstrap.complete(s.room, str(e))
@@ -248,7 +283,14 @@ class Worker:
         """Decode: register the room with the prefill's bootstrap server; decode once the KV arrived."""
         host, port, room = s.g.bootstrap
         try:
-            await fetch_kv(host, port, room, r.prompt_len, self.cfg.pd_timeout_s)
+            await fetch_kv(host, port, room, r.prompt_len, self.cfg.pd_timeout_s, cached_tokens=r.cached)
+            # this worker's own link is a FIFO too: transfers from several prefill workers into it queue here
+            now = self.driver.now()
+            dur = self.cfg.time_scale * perfmodel.kv_transfer_time(
+                max(r.prompt_len - r.cached, 0), self.cfg.engine.model, self.cfg.engine.link)
+            self._link_free = max(now - dur, self._link_free) + dur
+            if self._link_free > now:
+                await asyncio.sleep(self._link_free - now)
             self.engine.kv_arrived(r, self.driver.now())
         except HandoffError as e:
             self.engine.abort(r, self.driver.now(), str(e))
@@ -259,8 +301,10 @@ class Worker:
         e, m = self.engine, self.metrics
         m.num_running_reqs.set(len(e.running) if self.mode != "prefill" else e.num_running)
         m.num_queue_reqs.set(e.num_queued)
-        m.num_used_tokens.set(e.used)
+        m.num_used_tokens.set(e.used_tokens)
         m.token_usage.set(e.token_usage)
+        if batch.kind == "prefill":
+            m.cache_hit_rate.set(e.last_hit_rate)
         if self.mode == "prefill":
             m.num_prefill_inflight_queue_reqs.set(len(e.transferring))
         elif self.mode == "decode":
@@ -275,4 +319,9 @@ class Worker:
     def load(self) -> dict:
         """SGLang /get_load-style load figures."""
         e = self.engine
-        return {"num_reqs": e.num_running + e.num_queued, "num_waiting_reqs": e.num_queued, "num_tokens": e.used}
+        return {"num_reqs": e.num_running + e.num_queued, "num_waiting_reqs": e.num_queued,
+                "num_tokens": e.used_tokens}
+
+    def flush_cache(self) -> bool:
+        """SGLang's /flush_cache: empty the radix cache unless requests are queued or running."""
+        return self.engine.flush()

@@ -51,6 +51,9 @@ def worker_args(exp: Experiment, role: Role, *, host: str, port: int,
         backend = getattr(exp.topology, "transfer_backend", None)
         if backend:
             args += ["--disaggregation-transfer-backend", backend]
+        ib = getattr(exp.topology, "ib_device", None)
+        if ib:
+            args += ["--disaggregation-ib-device", ib]
     args += ["--port", str(port), "--host", host, "--enable-metrics"]
     extra = {k: v for k, v in role.args.items() if k not in _RESERVED}
     return args + flag_args(extra)
@@ -81,16 +84,30 @@ def router_args(exp: Experiment, *, prefill: list[tuple[str, int]] | None = None
                 cmd += ["--decode", url]
     else:
         cmd = SGLANG_ROUTER[1:] + ["--worker-urls", *(workers or [])]
-    if router.policy and router.impl != "mini_lb":
-        cmd += ["--policy", router.policy]
+    if router.impl != "mini_lb":
+        cmd += flag_args({"policy": router.policy, "prefill-policy": router.prefill_policy,
+                          "decode-policy": router.decode_policy, "cache-threshold": router.cache_threshold,
+                          "balance-abs-threshold": router.balance_abs_threshold,
+                          "balance-rel-threshold": router.balance_rel_threshold})
     cmd += ["--host", host, "--port", str(port)]
     return cmd + flag_args({**router.args, **(extra or {})})
 
 
-def emulator_args(exp: Experiment) -> list[str]:
+def fault_args(exp: Experiment, role: str) -> list[str]:
+    """The `--emu-fault-*` flags of a role's `faults` params section (empty when it has none)."""
+    spec = getattr(exp.topology, role, None)
+    faults = getattr(spec, "faults", None)
+    if faults is None:
+        return []
+    defaults = type(faults)()
+    return flag_args({f"emu-fault-{k.replace('_', '-')}": v for k, v in faults.model_dump().items()
+                      if v != getattr(defaults, k)})
+
+
+def emulator_args(exp: Experiment, role: str | None = None) -> list[str]:
     """The `--emu-*` flags that make `python -m pdlab.emulator` model this experiment (GPU, link, step
-    overhead, time scale, model profile); appended to `worker_args` by the local backend and, on an emulated
-    cluster only, carried to the fake kubelet by the k8s backend."""
+    overhead, time scale, model profile, and `role`'s injected faults); appended to `worker_args` by the local
+    backend and, on an emulated cluster only, carried to the fake kubelet by the k8s backend."""
     from pathlib import Path
 
     out = ["--emu-gpu", exp.gpu.type, "--emu-link", exp.emulator.link,
@@ -103,4 +120,4 @@ def emulator_args(exp: Experiment) -> list[str]:
         out += ["--emu-model-config", str(Path(exp.model.config).resolve())]
     elif exp.model.profile:
         out += ["--emu-model", exp.model.profile]
-    return out
+    return out + (fault_args(exp, role) if role else [])

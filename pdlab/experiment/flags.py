@@ -13,11 +13,16 @@ WORKER_FLAGS: dict[str, str | None] = {
     "tp-size": "topology.<role>.tp", "port": None, "host": None, "disaggregation-mode": "topology.kind",
     "disaggregation-bootstrap-port": "topology.bootstrap_port",
     "disaggregation-transfer-backend": "topology.transfer_backend", "enable-metrics": None,
+    "disaggregation-ib-device": "topology.ib_device",
 }
 ROUTER_FLAGS: dict[str, str | None] = {
     "host": None, "port": None, "pd-disaggregation": "topology.kind", "prefill": "topology.prefill",
     "decode": "topology.decode", "worker-urls": "topology.worker", "prefill-bootstrap-ports": "topology.bootstrap_port",
     "policy": "topology.router.policy", "prometheus-port": None, "prometheus-host": None,
+    "prefill-policy": "topology.router.prefill_policy", "decode-policy": "topology.router.decode_policy",
+    "cache-threshold": "topology.router.cache_threshold",
+    "balance-abs-threshold": "topology.router.balance_abs_threshold",
+    "balance-rel-threshold": "topology.router.balance_rel_threshold",
 }
 
 

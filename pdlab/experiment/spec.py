@@ -127,12 +127,26 @@ class GPUSpec(_Strict):
 EngineArgs = dict[str, Any]
 
 
+class FaultSpec(_Strict):
+    """Faults injected into a role's emulated workers (--emu-fault-* flags; the real SGLang gets none)."""
+
+    error_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of requests refused with error_status")
+    error_status: Literal[500, 503] = 503
+    stall_at_s: float | None = Field(None, ge=0.0, description="seconds after start the engine stalls")
+    stall_s: float = Field(0.0, ge=0.0, description="how long the stall lasts (wall seconds)")
+    crash_after: int | None = Field(None, ge=1, description="the worker process dies when this request arrives")
+    crash_at_s: float | None = Field(None, ge=0.0, description="the worker process dies this long after start")
+    kv_fail_rate: float = Field(0.0, ge=0.0, le=1.0, description="prefill: share of KV transfers that fail")
+    kv_timeout_rate: float = Field(0.0, ge=0.0, le=1.0, description="prefill: share of KV transfers that hang")
+
+
 class RoleSpec(_Strict):
     """One worker role: how many instances, at which TP, with which extra engine args."""
 
     replicas: int = Field(1, ge=1, le=MAX_INSTANCES)
     tp: int = Field(2, ge=1, le=64)
     args: EngineArgs = Field(default_factory=dict, description="extra engine args, e.g. {chunked-prefill-size: 8192}")
+    faults: FaultSpec | None = Field(None, description="injected faults (emulated workers only)")
 
     @field_validator("args")
     @classmethod
@@ -140,13 +154,31 @@ class RoleSpec(_Strict):
         return normalize_args(v, WORKER_FLAGS)
 
 
+ROUTER_POLICIES = ("cache_aware", "round_robin", "power_of_two", "random")
+TRANSFER_BACKENDS = ("mooncake", "nixl", "ascend", "fake")
+
+
 class RouterSpec(_Strict):
-    """The router in front of the workers."""
+    """The router in front of the workers: sglang-router's policies (--policy, and in PD --prefill-policy /
+    --decode-policy) and cache-aware thresholds; unset fields keep the router's defaults (cache_aware, 0.3, 64, 1.5)."""
 
     impl: Literal["sglang-router", "mini_lb"] = "sglang-router"
     policy: str | None = None
+    prefill_policy: str | None = None
+    decode_policy: str | None = None
+    cache_threshold: float | None = Field(None, ge=0.0, le=1.0, description="cache_aware: min prefix match rate")
+    balance_abs_threshold: int | None = Field(None, ge=0, description="cache_aware: load gap that forces balancing")
+    balance_rel_threshold: float | None = Field(None, ge=1.0, description="cache_aware: load ratio that forces it")
     service_discovery: bool = False
     args: EngineArgs = Field(default_factory=dict)
+
+    @field_validator("policy", "prefill_policy", "decode_policy")
+    @classmethod
+    def _known_policy(cls, v: str | None) -> str | None:
+        if v is not None and v not in ROUTER_POLICIES:
+            raise ValueError(f"unknown routing policy '{v}'{did_you_mean(v, list(ROUTER_POLICIES))}; "
+                             f"allowed: {', '.join(ROUTER_POLICIES)}")
+        return v
 
     @field_validator("args")
     @classmethod
@@ -163,7 +195,16 @@ class PDTopology(_Strict):
     decode: RoleSpec = Field(default_factory=lambda: RoleSpec(replicas=1, tp=2))
     bootstrap_port: int = Field(34000, ge=1, le=65535)
     transfer_backend: str | None = Field(None, description="--disaggregation-transfer-backend, e.g. mooncake")
+    ib_device: str | None = Field(None, description="--disaggregation-ib-device, e.g. mlx5_0 (RDMA NIC for KV)")
     router: RouterSpec = Field(default_factory=RouterSpec)
+
+    @field_validator("transfer_backend")
+    @classmethod
+    def _known_backend(cls, v: str | None) -> str | None:
+        if v is not None and v not in TRANSFER_BACKENDS:
+            raise ValueError(f"unknown transfer backend '{v}'{did_you_mean(v, list(TRANSFER_BACKENDS))}; "
+                             f"allowed: {', '.join(TRANSFER_BACKENDS)}")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -191,6 +232,13 @@ class ColocatedTopology(_Strict):
     kind: Literal["colocated"] = "colocated"
     worker: RoleSpec = Field(default_factory=lambda: RoleSpec(replicas=3, tp=2))
     router: RouterSpec = Field(default_factory=RouterSpec)
+
+    @model_validator(mode="after")
+    def _no_pd_policies(self) -> ColocatedTopology:
+        if self.router.prefill_policy or self.router.decode_policy:
+            raise ValueError("router.prefill_policy / router.decode_policy apply to PD topologies only; "
+                             "a colocated router takes router.policy")
+        return self
 
     @property
     def label(self) -> str:
@@ -233,19 +281,29 @@ class StorageSpec(_Strict):
 class DatasetSpec(_Strict):
     """Where prompts come from and how long inputs and outputs are."""
 
-    kind: Literal["random", "sharegpt", "shared-prefix", "jsonl"] = "random"
+    kind: Literal["random", "sharegpt", "shared-prefix", "generated-shared-prefix", "multi-turn", "mooncake-trace",
+                  "jsonl"] = "random"
     input_len: int = Field(1024, ge=1, le=MAX_TOKENS)
     output_len: int = Field(256, ge=1, le=MAX_TOKENS)
     range_ratio: float = Field(0.0, ge=0.0, le=1.0, description="lengths uniform in [len*(1-r), len*(1+r)]")
-    path: str | None = Field(None, description="JSONL file for kind=jsonl")
+    path: str | None = Field(None, description="JSONL file for kind=jsonl or mooncake-trace")
     fixed_output_len: int | None = Field(None, ge=1, le=MAX_TOKENS, description="sharegpt: override output lengths")
     num_groups: int = Field(8, ge=1, le=MAX_PROMPTS, description="shared-prefix: number of system prompts")
-    prefix_len: int = Field(2048, ge=1, le=MAX_TOKENS, description="shared-prefix: system prompt tokens")
+    prefix_len: int = Field(2048, ge=0, le=MAX_TOKENS,
+                            description="shared-prefix, multi-turn: system prompt tokens (multi-turn: 0 = none)")
+    prompts_per_group: int = Field(16, ge=1, le=MAX_PROMPTS,
+                                   description="generated-shared-prefix: questions per system prompt")
+    num_turns: int = Field(4, ge=1, le=999, description="multi-turn: turns per session (± range_ratio)")
+    think_time_s: float = Field(1.0, ge=0.0, le=MAX_SECONDS, description="multi-turn: mean user think time between turns")
 
     @model_validator(mode="after")
     def _path_for_jsonl(self) -> DatasetSpec:
         if self.kind == "jsonl" and not self.path:
             raise ValueError("dataset kind 'jsonl' needs 'path' (a JSONL file with one prompt per line)")
+        if self.kind == "mooncake-trace" and not self.path:
+            raise ValueError("dataset kind 'mooncake-trace' needs 'path' (a Mooncake trace JSONL file)")
+        if self.kind in ("shared-prefix", "generated-shared-prefix") and self.prefix_len < 1:
+            raise ValueError(f"dataset kind '{self.kind}' needs prefix_len ≥ 1 (the shared system prompt's tokens)")
         return self
 
 
@@ -262,6 +320,8 @@ class WorkloadSpec(_Strict):
     num_prompts: int | None = Field(None, ge=1, le=MAX_PROMPTS)
     warmup: int = Field(2, ge=0, le=MAX_PROMPTS, description="requests at the start of each level left out of statistics")
     max_inflight: int = Field(2048, ge=1, le=MAX_INFLIGHT)
+    ignore_eos: bool = Field(True, description="true: every request generates max_tokens; false: the server may "
+                             "stop at EOS, max_tokens being the dataset's own output length (ShareGPT's completion)")
     timeout_s: float = Field(600.0, gt=0, le=MAX_SECONDS)
     seed: int = Field(0, ge=0, lt=2**63)
     max_failed_share: float = Field(0.1, ge=0, le=1, description="a level with a larger share of failed requests "
@@ -435,6 +495,8 @@ class Experiment(_Strict):
     topology: Topology = Field(default_factory=PDTopology)
     engine_args: EngineArgs = Field(default_factory=dict, description="extra engine args for every worker role")
     image: str = "lmsysorg/sglang:v0.5.5"
+    sglang_version: str | None = Field(None, description="SGLang version in the image (default: read from the "
+                                       "image tag); flags it does not accept are refused")
     router_image: str | None = None
     namespace: str = "default"
     storage: StorageSpec = Field(default_factory=StorageSpec)
@@ -488,6 +550,43 @@ class Experiment(_Strict):
             except SpecError as e:
                 raise ValueError(f"profile {v.profile}: {e.message}") from None
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sglang_version_from_image(cls, data: Any) -> Any:
+        """Unless sglang_version is given, it is the image tag's version (lmsysorg/sglang:v0.5.5 → 0.5.5)."""
+        if isinstance(data, dict) and data.get("sglang_version") is None:
+            image = data.get("image") or cls.model_fields["image"].default
+            m = IMAGE_VERSION.search(str(image or ""))
+            if m:
+                data = {**data, "sglang_version": m.group(1)}
+        return data
+
+    @model_validator(mode="after")
+    def _version_gates_flags(self) -> Experiment:
+        have = version_tuple(self.sglang_version)
+        if have is None:
+            return self
+        roles = [(k, getattr(self.topology, k)) for k in ("prefill", "decode", "worker") if hasattr(self.topology, k)]
+        for where, args in [("engine_args", self.engine_args)] + [(f"topology.{k}.args", r.args) for k, r in roles]:
+            for flag in args:
+                since = FLAG_SINCE.get(flag)
+                if since and have < (version_tuple(since) or ()):
+                    raise ValueError(f"{where}: --{flag} needs SGLang ≥ {since}, but the image is SGLang "
+                                     f"{self.sglang_version}; use a newer image (or set sglang_version)")
+        return self
+
+
+# flags pdlab knows to be newer than the oldest SGLang it supports: first release whose server_args.py has them
+# (checked against the sglang wheels on PyPI); others are taken as accepted.
+FLAG_SINCE = {"disaggregation-decode-enable-radix-cache": "0.5.11", "num-reserved-decode-tokens": "0.4.8"}
+IMAGE_VERSION = re.compile(r":v?(\d+\.\d+\.\d+(?:\.post\d+)?)(?:$|[-_])")
+
+
+def version_tuple(v: str | None) -> tuple[int, ...] | None:
+    """'0.5.5.post3' → (0, 5, 5, 3); None for anything else."""
+    m = re.fullmatch(r"v?(\d+)\.(\d+)\.(\d+)(?:\.post(\d+))?", v or "")
+    return tuple(int(x or 0) for x in m.groups()) if m else None
 
 
 def _longest(base: int, ratio: float) -> int:

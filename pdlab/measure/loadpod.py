@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from pdlab.experiment.spec import DatasetSpec
-from pdlab.measure.load.datasets import make_dataset
+from pdlab.measure.load.kinds import make_dataset
 from pdlab.measure.load.runner import LevelPlan, RecordSink, run_level_sync
 from pdlab.measure.load.shares import share_plan
 
@@ -47,7 +47,8 @@ def load_spec(exp: Any, router_url: str, plans: list[LevelPlan], pods: int,
     w = exp.workload
     return {"router_url": router_url, "api": w.api, "model": exp.model.name, "timeout_s": w.timeout_s,
             "dataset": w.dataset.model_dump(mode="json"), "seed": w.seed, "pods": pods,
-            "plans": [asdict(p) for p in plans], "start_unix": start_unix}
+            "plans": [asdict(p) for p in plans], "start_unix": start_unix,
+            "ignore_eos": bool(getattr(w, "ignore_eos", True))}
 
 
 def encode(table: pa.Table, batch: int) -> Iterator[str]:
@@ -136,7 +137,8 @@ def run_pod(spec: dict[str, Any], pod: int, out: TextIO = sys.stdout) -> int:
         for plan in plans:
             if plan is not None:
                 run_level_sync(spec["router_url"], dataset, plan, sink, t0=t0, api=spec["api"], model=spec["model"],
-                               timeout_s=float(spec["timeout_s"]))
+                               timeout_s=float(spec["timeout_s"]),
+                               client_kwargs={"ignore_eos": bool(spec.get("ignore_eos", True))})
                 sink.emit()
             done += 1
     except BaseException as e:  # noqa: BLE001 - whatever stops the pod, what it measured goes out first

@@ -24,10 +24,12 @@ from pdlab.deploy.loadjob import image as load_image
 from pdlab.experiment.arm import arm_of
 from pdlab.experiment.spec import resolved
 from pdlab.experiment.topology import build
+from pdlab.measure.cachehit import cache_hit_by_role
 from pdlab.measure.jobload import LoadJobFailed, run_job_load
-from pdlab.measure.load.datasets import make_dataset
+from pdlab.measure.load.kinds import make_dataset
 from pdlab.measure.load.runner import LevelPlan, LevelStats, RecordSink, run_level_sync
 from pdlab.measure.load.shares import check_splittable, per_pod_client_bound
+from pdlab.measure.lost import lost_workers
 from pdlab.measure.progress import PROGRESS_LOG, Eta, LineReporter, reporter_for
 from pdlab.measure.prometheus import PrometheusSource, source_for
 from pdlab.measure.scrape import Scraper
@@ -86,8 +88,13 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run_name):
         raise PdlabError(f"run name '{run_name}' must be letters, digits, '.', '_' or '-'")
     run_dir = Path(results) / (sweep or exp.name) / run_name
-    writer = RunWriter(run_dir)
     topo = build(exp)
+    plans = level_plans(exp)
+    # read (and check) the prompts before anything is written or deployed: a bad trace or JSONL file fails here
+    dataset = make_dataset(exp.workload.dataset, seed=exp.workload.seed,
+                           context_len=exp.model.architecture().max_position_embeddings)
+    dataset.prepare(sum(p.expected_requests() for p in plans) or 1000)
+    writer = RunWriter(run_dir)
     backend_info = {"kind": exp.backend.kind, "engine": exp.backend.engine,
                     "deployment": "pdlab" if deployment is None
                     else "shared" if getattr(deployment, "shared", None) else "external",
@@ -104,12 +111,11 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
     sink = writer.record_sink()
     scraper: Scraper | None = None
     prom = source_for(exp)
+    job = exp.backend.kind == "k8s" and exp.backend.k8s.load == "job"
+    job_written = False  # the load Job's records went to requests.parquet already
     dep: Deployment | None = deployment
     done_levels: list[int] = []
     level_stats: dict[int, LevelStats] = {}
-    plans = level_plans(exp)
-    job = exp.backend.kind == "k8s" and exp.backend.k8s.load == "job"
-    job_written = False  # the load Job's records went to requests.parquet already
     stack = contextlib.ExitStack()
     prog = reporter_for(progress)
     if prog.log is None:
@@ -149,9 +155,6 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
                 if load.problems:
                     raise LoadJobFailed("; ".join(load.problems) + f" ({n} records kept)")
                 done_levels.extend(p.index for p in plans)
-            dataset = make_dataset(exp.workload.dataset, seed=exp.workload.seed)
-            if not job:
-                dataset.prepare(sum(p.expected_requests() for p in plans) or 1000)
             for plan in [] if job else plans:
                 unit = "req/s" if plan.kind == "rate" else "concurrent"
                 desc = f"level {plan.index + 1}/{len(plans)}: {plan.value:g} {unit}"
@@ -159,12 +162,14 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
                 started = time.perf_counter()
                 stats = level_stats[plan.index] = run_level_sync(
                     dep.router_url, dataset, plan, sink, t0=t0, api=exp.workload.api, model=exp.model.name,
-                    timeout_s=exp.workload.timeout_s, on_tick=prog.tick)
+                    timeout_s=exp.workload.timeout_s, on_tick=prog.tick,
+                    client_kwargs={"ignore_eos": exp.workload.ignore_eos})
                 eta.finished(_scheduled_s(plan), time.perf_counter() - started)
                 done_levels.append(plan.index)
                 prog.level_end(desc, stats, time.perf_counter() - started, eta.remaining(plan.index + 1),
                                _level_summary(sink, plan, exp, topo.gpus) if prog.wants_summary else None)
-            writer.write_server_metrics(_server_metrics(scraper, prom, t0_unix))
+            frame = _server_metrics(scraper, prom, t0_unix)
+            writer.write_server_metrics(frame)
             if not job:
                 n = writer.write_requests(sink)
             writer.write_logs(_collect_logs(dep))
@@ -173,7 +178,8 @@ def run_experiment(exp: Experiment, *, results: Path | str = "results", sweep: s
                                 gpus=topo.gpus, max_failed_share=exp.workload.max_failed_share)
             summary = per_pod_client_bound(records, summary) if job else with_level_stats(summary, level_stats, plans)
             sink.close()
-            writer.finish(_summary_doc(exp, run_name, sweep, t0_unix, summary, n))
+            writer.finish({**_summary_doc(exp, run_name, sweep, t0_unix, summary, n),
+                           "cache_hit_rate": cache_hit_by_role(frame), "workers_lost": lost_workers(frame)})
         except BaseException as e:
             prog.note(f"run stopped: {type(e).__name__}: {e}; saving what was measured to {run_dir}")
             _save_partial(writer, sink, scraper, dep, e, done_levels, len(plans), prom, t0_unix, job_written)

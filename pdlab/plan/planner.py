@@ -4,15 +4,15 @@
 use, configured from the same argument lists) as a discrete-event simulation — no processes, no HTTP —
 for each arm at each of the workload's request rates, and returns one row per arm × rate with the
 bench_serving figures. Use it to pick which arms are worth a real (or emulated real-time) sweep.
-Every figure is "emulated"; request routing is round-robin, prompt/output lengths follow
-`workload.dataset` (input_len, output_len, range_ratio) whatever its kind. An arm is only ever marked best at
-a rate where it meets the SLO (slo.statistic) and its queue drains (not collapsed: arrivals stop at the
-level's end and everything finishes within UNBOUNDED × one request's SLO budget after).
+Every figure is "emulated"; requests are routed by the params' router policy (`pdlab.plan.routing`) and built by
+`pdlab.plan.requests` (the spec's lengths, the dataset's own lengths, or the real prompts' token ids for
+chat-shaped workloads). An arm is only ever marked best at a rate where it meets the SLO (slo.statistic) and its
+queue drains (not collapsed: arrivals stop at the level's end and everything finishes within UNBOUNDED × one
+request's SLO budget after).
 """
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,8 +23,8 @@ from pdlab.core.stats import level_duration, meets_slo, percentile
 from pdlab.emulator.engine import SimRequest, simulate
 from pdlab.experiment.loader import experiment_from_dict
 from pdlab.experiment.topology import build, enumerate_ratios
-from pdlab.measure.load.arrivals import send_times
-from pdlab.measure.load.datasets import sample_length
+from pdlab.plan.requests import level_requests
+from pdlab.plan.routing import policies
 from pdlab.plan.simulate import UNBOUNDED, engine_config, judge
 
 if TYPE_CHECKING:
@@ -56,13 +56,8 @@ def arms(exp: Experiment, budget: int | None = None, tp: int | None = None) -> l
 
 
 def workload(exp: Experiment, rate: float, duration_s: float, seed: int) -> list[SimRequest]:
-    """Arrivals of one level (the spec's arrival process) with seeded prompt/output lengths."""
-    w, ds = exp.workload, exp.workload.dataset
-    rng = random.Random(seed)
-    times = send_times(w.arrival, rate, burstiness=w.burstiness, seed=[seed, int(rate * 1000)],
-                       duration_s=duration_s, count=w.num_prompts)
-    return [SimRequest(t, sample_length(rng, ds.input_len, ds.range_ratio),
-                       sample_length(rng, ds.output_len, ds.range_ratio)) for t in times]
+    """Arrivals of one level (the spec's arrival process) with seeded prompts (see pdlab.plan.requests)."""
+    return level_requests(exp, rate, duration_s, seed)
 
 
 def simulate_arm(exp: Experiment, rate: float, *, duration_s: float, seed: int = 0) -> dict:
@@ -72,10 +67,11 @@ def simulate_arm(exp: Experiment, rate: float, *, duration_s: float, seed: int =
     if exp.topology.kind == "pd":
         timings = simulate(reqs, engine_config(exp, "prefill"), prefill_workers=topo.role("prefill").replicas,
                            decode_workers=topo.role("decode").replicas,
-                           decode_config=engine_config(exp, "decode"))
+                           decode_config=engine_config(exp, "decode"), **policies(exp))
         p, d, w = topo.role("prefill").replicas, topo.role("decode").replicas, 0
     else:
-        timings = simulate(reqs, engine_config(exp, "worker"), workers=topo.role("worker").replicas)
+        timings = simulate(reqs, engine_config(exp, "worker"), workers=topo.role("worker").replicas,
+                           **policies(exp))
         p, d, w = 0, 0, topo.role("worker").replicas
     ttft = np.array([t.ttft for t in timings]) * 1e3
     tpot = np.array([t.tpot if t.output_tokens > 1 else np.nan for t in timings]) * 1e3
@@ -97,7 +93,16 @@ def simulate_arm(exp: Experiment, rate: float, *, duration_s: float, seed: int =
             "tpot_p99_ms": pct(tpot, 99),
             "output_throughput_per_gpu": sum(t.output_tokens for t in timings) / span / topo.gpus,
             "goodput_per_gpu": good / span / topo.gpus, "meets_slo": bool(meets) and not collapsed,
-            "collapsed": collapsed}
+            "collapsed": collapsed, **cache_hit_rates(timings, pd=exp.topology.kind == "pd")}
+
+
+def cache_hit_rates(timings: list, *, pd: bool) -> dict[str, float]:
+    """Prompt tokens served from the radix cache ÷ prompt tokens, per role (prefill or colocated, decode)."""
+    prompt = sum(t.prompt_tokens for t in timings) or 1
+    out = {"cache_hit_" + ("prefill" if pd else "worker"): sum(t.cached_tokens for t in timings) / prompt}
+    if pd:
+        out["cache_hit_decode"] = sum(t.decode_cached_tokens for t in timings) / prompt
+    return out
 
 
 def plan(exp: Experiment, *, budget: int | None = None, tp: int | None = None, rates: list[float] | None = None,

@@ -2,7 +2,8 @@
 
 from pdlab.measure.load.arrivals import intervals, send_times
 from pdlab.measure.load.client import APIS, LoadClient, RequestRecord
-from pdlab.measure.load.datasets import Dataset, DatasetError, Prompt, make_dataset
+from pdlab.measure.load.datasets import Dataset, DatasetError, Prompt
+from pdlab.measure.load.kinds import make_dataset
 from pdlab.measure.load.runner import (
     REQUEST_SCHEMA,
     LevelPlan,

@@ -129,14 +129,36 @@ class SharedPrefixDataset(Dataset):
         return words_text(self._rng(group, "system"), self.spec.prefix_len)
 
     def get(self, i: int) -> Prompt:
-        group = i % self.spec.num_groups
-        rng = self._rng(i)
+        return self._prompt(i, i % self.spec.num_groups, i)
+
+    def _prompt(self, i: int, group: int, key: int) -> Prompt:
+        rng = self._rng(key)
         n_q = sample_length(rng, self.spec.input_len, self.spec.range_ratio)
         n_out = sample_length(rng, self.spec.output_len, self.spec.range_ratio)
         system, question = self.system_prompt(group), words_text(rng, n_q)
         msgs = ({"role": "system", "content": system}, {"role": "user", "content": question})
         # text for /v1/completions and /generate: prefix + question (both are ' word' runs: token counts add)
         return Prompt(i, system + question, self.spec.prefix_len + n_q, n_out, messages=msgs)
+
+
+class GeneratedSharedPrefixDataset(SharedPrefixDataset):
+    """bench_serving's generated-shared-prefix: num_groups system prompts (prefix_len tokens) × prompts_per_group
+    questions (input_len tokens), in a seeded shuffled order; past num_groups × prompts_per_group the same
+    prompts repeat in the same order."""
+
+    kind = "generated-shared-prefix"
+
+    @cache  # noqa: B019 - a handful of datasets per process
+    def order(self) -> tuple[int, ...]:
+        n = self.spec.num_groups * self.spec.prompts_per_group
+        perm = list(range(n))
+        random.Random(f"gsp:{self.seed}").shuffle(perm)
+        return tuple(perm)
+
+    def get(self, i: int) -> Prompt:
+        order = self.order()
+        idx = order[i % len(order)]
+        return self._prompt(i, idx // self.spec.prompts_per_group, idx)
 
 
 class _ListDataset(Dataset):
@@ -316,10 +338,13 @@ def _prepare_sharegpt(path: str, n: int, seed: int, fixed_output_len: int | None
 
 _KINDS: dict[str, type[Dataset]] = {
     "random": RandomDataset, "sharegpt": ShareGPTDataset, "shared-prefix": SharedPrefixDataset,
-    "jsonl": JsonlDataset,
+    "generated-shared-prefix": GeneratedSharedPrefixDataset, "jsonl": JsonlDataset,
 }
 
 
 def make_dataset(spec: DatasetSpec, seed: int = 0) -> Dataset:
-    """The dataset a workload asks for (`workload.dataset.kind`), seeded with `workload.seed`."""
+    """The dataset a workload asks for (`workload.dataset.kind`), seeded with `workload.seed`; multi-turn and
+    mooncake-trace come from `pdlab.measure.load.kinds.make_dataset` (which covers every kind)."""
+    if spec.kind not in _KINDS:
+        raise DatasetError(f"dataset kind '{spec.kind}' is built by pdlab.measure.load.kinds.make_dataset")
     return _KINDS[spec.kind](spec, seed)

@@ -18,7 +18,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -217,13 +217,27 @@ async def run_level(client: LoadClient, dataset: Dataset, plan: LevelPlan, sink:
         stats.failed += not rec.ok
         sink.add(rec)
 
+    sessions = getattr(dataset, "multi_turn", False)
+
     async def one(k: int, t_sched: float, slot: asyncio.Semaphore | None) -> None:
         stats.sent += 1
         stats.inflight += 1
         try:
-            rec = await client.send(dataset[plan.first_prompt + k], req_id=plan.first_prompt + k,
-                                    level=plan.index, warmup=k < plan.warmup, t_sched=t_sched - t0)
-            on_record(rec)
+            if not sessions:
+                rec = await client.send(dataset[plan.first_prompt + k], req_id=plan.first_prompt + k,
+                                        level=plan.index, warmup=k < plan.warmup, t_sched=t_sched - t0)
+                on_record(rec)
+            else:  # a chat session: its turns in order, each after the previous reply and a think time
+                s = plan.first_prompt + k
+                for j, prompt in enumerate(dataset.turns(s)):  # type: ignore[attr-defined]
+                    if j:
+                        await asyncio.sleep(dataset.think_time(s, j))  # type: ignore[attr-defined]
+                        stats.sent += 1
+                    rec = await client.send(prompt, req_id=prompt.index, level=plan.index, warmup=k < plan.warmup,
+                                            t_sched=(t_sched if j == 0 else perf()) - t0)
+                    on_record(rec)
+                    if not rec.ok or (stop is not None and stop.is_set()):
+                        break
         except asyncio.CancelledError:
             raise
         finally:
@@ -242,9 +256,7 @@ async def run_level(client: LoadClient, dataset: Dataset, plan: LevelPlan, sink:
             slot = asyncio.Semaphore(plan.max_inflight)
             freed = asyncio.Event()
             healthy = 0  # most requests in flight while the dispatcher was on schedule
-            seed = [plan.seed, plan.index]
-            times = send_times(plan.arrival, plan.value, burstiness=plan.burstiness, seed=seed,
-                               duration_s=plan.duration_s, count=count)
+            times = level_offsets(dataset, plan, count)
             for k, off in enumerate(times):
                 if stop is not None and stop.is_set():
                     break
@@ -303,6 +315,19 @@ async def run_level(client: LoadClient, dataset: Dataset, plan: LevelPlan, sink:
     finally:
         stats.finished = perf() - t0
     return stats
+
+
+def level_offsets(dataset: Dataset, plan: LevelPlan, count: int | None) -> Iterator[float]:
+    """Send offsets of an open-loop level: the arrival process, or a trace's own times scaled to the level's rate."""
+    offsets = getattr(dataset, "offsets", None)
+    if offsets is None:
+        yield from send_times(plan.arrival, plan.value, burstiness=plan.burstiness, seed=[plan.seed, plan.index],
+                              duration_s=plan.duration_s, count=count)
+        return
+    for k, off in enumerate(offsets(plan.value)):
+        if (count is not None and k >= count) or (plan.duration_s is not None and off >= plan.duration_s):
+            return
+        yield off
 
 
 async def _acquire(slot: asyncio.Semaphore, timeout: float) -> bool:
