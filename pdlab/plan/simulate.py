@@ -26,6 +26,7 @@ from pdlab.experiment.topology import build
 from pdlab.measure.load.arrivals import send_times
 from pdlab.measure.load.datasets import sample_length
 from pdlab.plan.bounds import prefill_seconds_per_request
+from pdlab.plan.routing import policies
 from pdlab.plan.space import Candidate, unit_experiment
 
 UNBOUNDED = 4.0  # a judged request unfinished after this × its SLO budget means the queue grows without bound
@@ -184,9 +185,9 @@ def probe(exp: Experiment, c: Candidate, configs: tuple[EngineConfig, EngineConf
     stop = _stopper(exp, reqs, judged, state, early)
     if c.kind == "pd":
         done = simulate(reqs, configs[0], prefill_workers=c.prefill, decode_workers=c.decode,
-                        decode_config=configs[1], stop=stop)
+                        decode_config=configs[1], stop=stop, **policies(exp))
     else:
-        done = simulate(reqs, configs[0], workers=1, stop=stop)
+        done = simulate(reqs, configs[0], workers=1, stop=stop, **policies(exp))
     got = [r for r in done if warm <= r.index < warm + measured]
     if state.get("why") or len(got) < measured:
         return Probe(rate, False, state.get("why", "requests unfinished"), math.inf, len(got))
