@@ -142,7 +142,7 @@ def test_interrupted_k8s_run_is_saved_incomplete_and_torn_down(sig, rc, tmp_path
         try:
             _wait_for_load(kube, run_dir, proc)
             proc.send_signal(sig)
-            _, err = proc.communicate(timeout=25)
+            _, err = proc.communicate(timeout=60)  # save + teardown through the fake API; generous for a loaded CI host
         finally:
             if proc.poll() is None:
                 proc.kill()
