@@ -6,7 +6,9 @@ Errors a user can fix print one message (file, field, fix) and exit 2, without a
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -291,6 +293,7 @@ COMMANDS = {"calibrate": cmd_calibrate, "manifests": cmd_manifests, "validate": 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pdlab` console script."""
     args = _parser().parse_args(argv)
+    _restore_ctrl_c()
     try:
         return COMMANDS[args.command](args) or 0
     except PdlabError as e:
@@ -301,6 +304,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _restore_ctrl_c() -> None:
+    """Make SIGINT stop pdlab (KeyboardInterrupt: save what was measured, tear down) even where it was started
+    with SIGINT ignored, as a shell does for background jobs (`pdlab run … &`, CI scripts): a `kill -INT` then
+    still ends the run cleanly instead of being dropped."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":

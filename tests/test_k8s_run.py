@@ -135,14 +135,16 @@ def test_interrupted_k8s_run_is_saved_incomplete_and_torn_down(sig, rc, tmp_path
         sets = ["backend.kind=k8s", f"backend.k8s.kubeconfig={kube.kubeconfig()}", "backend.k8s.ready_timeout_s=30",
                 "emulator.time_scale=0.05", "workload.rates=[4]", "workload.duration_s=60", "workload.warmup=0",
                 "workload.dataset.output_len=16"]
+        # started with SIGINT ignored, as a shell starts background jobs: a `kill -INT` must still stop it
         proc = subprocess.Popen([sys.executable, "-m", "pdlab", "run", str(PARAMS), "--results", str(tmp_path),
                                  "--name", "cut", *[a for s in sets for a in ("--set", s)]],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         run_dir = tmp_path / "demo" / "cut"
         try:
             _wait_for_load(kube, run_dir, proc)
             proc.send_signal(sig)
-            _, err = proc.communicate(timeout=60)  # save + teardown through the fake API; generous for a loaded CI host
+            _, err = proc.communicate(timeout=25)
         finally:
             if proc.poll() is None:
                 proc.kill()
