@@ -1,13 +1,12 @@
-"""Emulator benchmarks (issue 4): fidelity, calibration, scale, pd-effect. Figures are printed, never asserted.
+"""Emulator benchmarks (issue 4): fidelity, scale, pd-effect. Figures are printed, never asserted.
 
-    python benchmarks/bench_emulator.py [fidelity|calibration|scale|pd-effect|all]
+    python benchmarks/bench_emulator.py [fidelity|scale|pd-effect|all]
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import statistics
 import subprocess
@@ -22,9 +21,9 @@ from pdlab.emulator import perfmodel
 from pdlab.experiment.profiles import gpu, model
 
 M32 = model("Qwen3-32B")
+L20 = gpu("L20")
 BASE = [sys.executable, "-m", "pdlab.emulator", "--model-path", "/models/Qwen3-32B/", "--tp", "2", "--host",
         "127.0.0.1", "--enable-metrics"]
-OVERHEAD_S = 0.002  # the emulator's default --emu-step-overhead-ms
 
 
 @contextmanager
@@ -95,31 +94,18 @@ def chat(prompt_words: int, max_tokens: int, seed: int = 0) -> dict:
 
 
 # -- fidelity ---------------------------------------------------------------------------------------
-def independent_step(prompt: int, ctx: int, decode_kv: list[int], tp: int = 2) -> float:
-    """An independent re-derivation of the step time from the roofline in docs/architecture.md (Qwen3-32B, L20)."""
-    L, h, H, KV, d, inter, V = 64, 5120, 64, 8, 128, 25600, 151936
-    peak, bw, ar_bw, ar_lat = 119.5e12, 864e9, 32e9, 25e-6
-    params_layer = h * H * d * 2 + 2 * h * KV * d + 3 * h * inter
-    weights = 2 * (L * params_layer + 2 * V * h)
-    kv_tok = 2 * L * KV * d * 2
-    tokens = prompt + len(decode_kv)
-    seqs = (1 if prompt else 0) + len(decode_kv)
-    flops = 2 * L * params_layer * tokens + 2 * V * h * seqs
-    flops += 4 * L * H * d * (prompt * (ctx + (prompt + 1) / 2) + sum(decode_kv))
-    eff = 0.46 if tokens <= 256 else 0.63
-    if 256 < tokens < 1024:
-        eff = 0.46 + 0.17 * (math.log2(tokens) - 8) / 2
-    compute = flops / tp / (peak * eff)
-    mem = (weights + kv_tok * (ctx + sum(decode_kv) + tokens)) / tp / (bw * 0.75)
-    ar = 2 * L * (2 * (tp - 1) / tp * tokens * h * 2 / ar_bw + ar_lat)
-    return max(compute, mem) + ar + OVERHEAD_S
+def predicted_step(prompt: int, ctx: int, decode_kv: list[int], tp: int = 2) -> float:
+    """The perf model's own step time (Qwen3-32B on the L20 profile), what the emulated worker should reproduce."""
+    return perfmodel.step_time(M32, L20, tp, prefill=[(prompt, ctx)] if prompt else None,
+                               decode=decode_kv or None).total_s
 
 
 async def _fidelity(port: int) -> None:
     print("Fidelity (Qwen3-32B, TP2, L20, time scale 1.0, over HTTP /generate streaming)")
     print(f"{'case':<22}{'measured ms':>12}{'predicted ms':>14}{'ratio':>8}")
     for n in (1024, 4096, 8192):
-        body = {"input_ids": [100 + i % 1000 for i in range(n)], "sampling_params": {"max_new_tokens": 1},
+        # each case its own tokens: the radix cache (on, as in SGLang) must not serve one prompt from another
+        body = {"input_ids": [100 + n + i % 1000 for i in range(n)], "sampling_params": {"max_new_tokens": 1},
                 "stream": True}
         async with httpx.AsyncClient(timeout=60) as c:
             await c.get(f"http://127.0.0.1:{port}/health")  # warm the connection
@@ -129,9 +115,9 @@ async def _fidelity(port: int) -> None:
                     if line.startswith("data: ") and "output_ids" in line:
                         ttft = time.monotonic() - t0
                         break
-            pred = independent_step(min(n, 4096), 0, [])
+            pred = predicted_step(min(n, 4096), 0, [])
             if n > 4096:  # chunked prefill: 4096-token chunks attend to the earlier chunks
-                pred = sum(independent_step(min(4096, n - c0), c0, []) for c0 in range(0, n, 4096))
+                pred = sum(predicted_step(min(4096, n - c0), c0, []) for c0 in range(0, n, 4096))
         print(f"{'TTFT ' + str(n) + ' tok':<22}{ttft * 1e3:>12.1f}{pred * 1e3:>14.1f}{ttft / pred:>8.3f}")
     for b in (1, 16, 64):
         out, prompt = 64, 16
@@ -141,7 +127,7 @@ async def _fidelity(port: int) -> None:
         rs = await asyncio.gather(*(stream_gen(port, body) for _ in range(b)))
         tpots = [(r[-1] - r[0]) / (len(r) - 1) for r in rs]
         kv = prompt + out / 2
-        pred = independent_step(0, 0, [int(kv)] * b)
+        pred = predicted_step(0, 0, [int(kv)] * b)
         m = statistics.mean(tpots)
         print(f"{'TPOT batch ' + str(b):<22}{m * 1e3:>12.1f}{pred * 1e3:>14.1f}{m / pred:>8.3f}")
 
@@ -160,24 +146,6 @@ def fidelity() -> None:
     port = free_port()
     with procs([BASE + ["--port", str(port)]], [f"http://127.0.0.1:{port}/health"]):
         asyncio.run(_fidelity(port))
-
-
-# -- calibration ------------------------------------------------------------------------------------
-def calibration() -> None:
-    g = gpu("H100")
-    print("Calibration (Qwen3-32B, H100 TP2, all-reduce and overhead left out); as quoted in docs/architecture.md")
-    print(f"{'prefill tokens':<16}{'predicted eff':>14}{'quoted':>10}")
-    for n in (256, 1024, 2048, 4096, 8192):
-        c = perfmodel.step_time(M32, g, 2, prefill=[(n, 0)], allreduce=False)
-        eff = c.flops / (c.total_s * g.bf16_tflops * 1e12)
-        quoted = "0.46" if n == 256 else "0.63"
-        print(f"{n:<16}{eff:>14.3f}{quoted:>10}")
-    print(f"{'decode b×ctx':<16}{'pred HBM frac':>14}{'quoted':>10}")
-    for b in (1, 8, 32, 128):
-        for ctx in (1024, 4096):
-            c = perfmodel.step_time(M32, g, 2, decode=[ctx] * b, allreduce=False)
-            frac = c.bytes / (c.total_s * g.mem_bw_gbps * 1e9)
-            print(f"{f'{b}×{ctx}':<16}{frac:>14.3f}{'0.70-0.80':>10}")
 
 
 # -- scale ------------------------------------------------------------------------------------------
@@ -287,7 +255,7 @@ def pd_effect(scale_f: float = 0.1) -> None:
 
 def main(argv: list[str]) -> None:
     which = argv[0] if argv else "all"
-    table = {"fidelity": fidelity, "calibration": calibration, "scale": scale, "pd-effect": pd_effect}
+    table = {"fidelity": fidelity, "scale": scale, "pd-effect": pd_effect}
     if which not in (*table, "all"):
         sys.exit(f"usage: bench_emulator.py [{'|'.join(table)}|all]")
     for name, fn in table.items():

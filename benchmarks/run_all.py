@@ -1,6 +1,6 @@
 """Run every pdlab benchmark in turn and print its figures (`make bench`).
 
-    python benchmarks/run_all.py            # emulator (all four) + client (quick mode) + plan fidelity
+    python benchmarks/run_all.py            # emulator (fidelity, scale, pd-effect) + client (quick) + plan fidelity + perf model + load pods (quick)
                                             # + perf-model accuracy + load pods
     python benchmarks/run_all.py --full     # client benchmark at full size (100k-request memory run)
 

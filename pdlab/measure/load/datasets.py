@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -198,24 +198,30 @@ class JsonlDataset(_ListDataset):
         return rows
 
 
-def load_jsonl(path: Path, *, default_output_len: int = 256) -> list[tuple[str, int, int, tuple | None]]:
-    """Parse a prompts JSONL file → (text, input_len, output_len, messages) rows; errors name file:line."""
+def json_lines(path: Path, *, what: str, example: str) -> Iterator[tuple[str, Any]]:
+    """('file:line', parsed value) for every non-blank line of a JSONL file; an unreadable file or a line that
+    is not JSON raises DatasetError naming it, with `example` as the line shape expected."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise DatasetError(f"{path}: dataset file not found; check workload.dataset.path") from None
+        raise DatasetError(f"{path}: {what} file not found; check workload.dataset.path") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read dataset file: {e}") from None
-    rows = []
+        raise DatasetError(f"{path}: cannot read {what} file: {e}") from None
     for no, line in enumerate(lines, 1):
         if not line.strip():
             continue
         where = f"{path}:{no}"
         try:
-            obj = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); "
-                               "each line must be an object like {\"prompt\": \"...\", \"output_len\": 128}") from None
+            raise DatasetError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must look like "
+                               f"{example}") from None
+
+
+def load_jsonl(path: Path, *, default_output_len: int = 256) -> list[tuple[str, int, int, tuple | None]]:
+    """Parse a prompts JSONL file → (text, input_len, output_len, messages) rows; errors name file:line."""
+    rows = []
+    for where, obj in json_lines(path, what="dataset", example='{"prompt": "...", "output_len": 128}'):
         if not isinstance(obj, dict):
             raise DatasetError(f"{where}: expected a JSON object with 'prompt' or 'messages', got "
                                f"{type(obj).__name__}")

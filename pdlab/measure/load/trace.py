@@ -11,13 +11,12 @@ mean rate is r (the trace's own rate: `natural_rate`). Errors name the file and 
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from pdlab.measure.load.datasets import Dataset, DatasetError, Prompt, word_tokens
+from pdlab.measure.load.datasets import Dataset, DatasetError, Prompt, json_lines, word_tokens
 
 BLOCK_SIZE = 512
 FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
@@ -35,24 +34,10 @@ class TraceRow:
 
 def load_trace(path: Path, *, context_len: int | None = None) -> list[TraceRow]:
     """Parse and check a Mooncake trace file; every problem raises DatasetError naming file:line and the fix."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: trace file not found; check workload.dataset.path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read trace file: {e}") from None
     rows: list[TraceRow] = []
     first: float | None = None
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{no}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must look like "
-                               '{"timestamp": 0, "input_length": 6755, "output_length": 500, "hash_ids": [0, 1]}'
-                               ) from None
+    example = '{"timestamp": 0, "input_length": 6755, "output_length": 500, "hash_ids": [0, 1]}'
+    for where, obj in json_lines(path, what="trace", example=example):
         if not isinstance(obj, dict):
             raise DatasetError(f"{where}: expected a JSON object with {', '.join(FIELDS)}")
         missing = [f for f in FIELDS if f not in obj]
