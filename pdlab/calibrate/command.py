@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="local: this machine's GPU; k8s: a Job on a GPU node of the params' cluster")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (a smoke test, not a profile "
                    "to trust)")
+    p.add_argument("--kernels", choices=["fused", "eager"], default="fused",
+                   help="fused (default): the elementwise steps compiled by torch.compile, as SGLang fuses them; "
+                   "eager: plain PyTorch ops (slower, for comparison)")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # 'cpu': tests with a tiny model
     p.add_argument("--from-raw", default=None, metavar="RAW", help="refit a profile from raw measurements")
     p.add_argument("--from-run", default=None, metavar="RUN_DIR", help="fit the factors to a finished run")
@@ -66,7 +69,8 @@ def _quick_sizes(quick: bool) -> dict[str, Any]:
     return {"prefill_tokens": [256, 1024, 4096], "batches": [1, 8, 64], "contexts": [1024, 4096], "reps": 5}
 
 
-def measure_local(shape: ModelProfile, tps: list[int], *, device: str, quick: bool) -> list[dict]:
+def measure_local(shape: ModelProfile, tps: list[int], *, device: str, quick: bool,
+                  kernels: str = "fused") -> list[dict]:
     """Raw measurements on this machine (clear error without torch or CUDA)."""
     try:
         import torch
@@ -77,7 +81,7 @@ def measure_local(shape: ModelProfile, tps: list[int], *, device: str, quick: bo
     from pdlab.calibrate.measure import SHAPE_KEYS, measure
 
     dims = {k: getattr(shape, k) for k in SHAPE_KEYS}
-    return [measure(dims, tp, device=device, model=shape.name, **_quick_sizes(quick)) for tp in tps]
+    return [measure(dims, tp, device=device, model=shape.name, kernels=kernels, **_quick_sizes(quick)) for tp in tps]
 
 
 def _write_outputs(a: argparse.Namespace, profile: GPUProfile, raws: list[dict] | None) -> None:
@@ -184,7 +188,7 @@ def run(a: argparse.Namespace) -> int:
 
             raws = measure_k8s(exp, shape, tps, quick=a.quick)
         else:
-            raws = measure_local(shape, tps, device=a.device, quick=a.quick)
+            raws = measure_local(shape, tps, device=a.device, quick=a.quick, kernels=a.kernels)
         raw_path = str(a.raw or Path(a.out).with_suffix(".raw.json"))
     try:
         profile = calibrated_profile(raws, name=a.name, base=a.base, command=command, raw_path=raw_path)

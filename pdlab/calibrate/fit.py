@@ -3,7 +3,8 @@
 Per TP size: prefill efficiency = FLOPs ÷ (peak × measured time) at each measured token count; decode
 weight-read and KV-read efficiencies per batch from a least-squares fit of
 time = weights ÷ (BW × e_w[batch]) + KV bytes ÷ (BW × e_kv[batch]) over the contexts measured at that
-batch (rows timed without the all-reduce); the all-reduce latency and per-direction bandwidth from what
+batch (rows timed without the all-reduce); the all-reduce latency and per-direction bandwidth (NCCL, or SGLang-style one-shot where the raw
+document says it ran) from what
 the all-reduces added to the measured steps (the in-step cost, which exceeds an isolated NCCL sweep's),
 or from the sweep alone when no step was timed both ways.
 """
@@ -97,7 +98,8 @@ def fit_allreduce(raw: dict, kind: str) -> Interconnect | None:
     for b, s in samples:
         by_size.setdefault(int(b), []).append(s)
     table = {b: round(float(np.median(v)) * 1e6, 2) for b, v in sorted(by_size.items())}
-    return Interconnect(kind=f"{kind} (NCCL, measured)", bw_gbps=round(1 / per_byte / GB, 1),
+    impl = "one-shot + NCCL" if str(raw.get("allreduce_impl", "NCCL")).startswith("one-shot") else "NCCL"
+    return Interconnect(kind=f"{kind} ({impl}, measured)", bw_gbps=round(1 / per_byte / GB, 1),
                         latency_us=round(max(lat, 0.0) * 1e6, 2), allreduce_us=table if len(table) >= 3 else {},
                         allreduce_tp=tp if len(table) >= 3 else None)
 

@@ -5,11 +5,15 @@ file into a Job running the experiment's SGLang image (which carries torch) and 
 ``python3 measure.py --shape shape.json --out raw.json``. Random BF16 weights, nothing downloaded.
 
 What it times (one TP shard: heads, KV heads, intermediate and vocab divided by TP; ``--layers``
-decoder layers run and scaled to the model's depth, the LM head added once):
-- prefill of one sequence of N tokens, captured in a CUDA graph (GPU time, no Python launch gaps);
-- decode of a batch of B sequences with C tokens of KV each, captured in a CUDA graph as SGLang does;
-- with more than one GPU and ``--tp`` > 1: each step again with the two all-reduces per layer through
-  NCCL (one process per GPU), and an all-reduce sweep by message size.
+decoder layers run and scaled to the model's depth, the LM head added once), the way SGLang runs a step:
+- linear layers as ``F.linear`` on [out, in] weights (cuBLAS), the elementwise steps fused as SGLang fuses
+  them (residual add + RMSNorm, SiLU × up, rotary embedding), compiled to Triton by ``torch.compile``
+  (``--kernels eager``: plain PyTorch ops, one kernel each);
+- prefill of one sequence of N tokens (fused attention with grouped KV heads), in a CUDA graph;
+- decode of a batch of B sequences with C tokens of KV each, in a CUDA graph as SGLang does;
+- with more than one GPU and ``--tp`` > 1: each step again with the two all-reduces per layer, as SGLang
+  runs them: a one-shot all-reduce over peer memory (its custom all-reduce; here PyTorch's symmetric
+  memory) for messages up to 8 MiB where that is faster, NCCL otherwise; and a sweep of both by size.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-FORMAT = "pdlab-calibration-raw/1"
+FORMAT = "pdlab-calibration-raw/2"  # /2: kernels and all-reduce recorded per document (/1 read the same way)
 PREFILL_TOKENS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 DECODE_CONTEXTS = [1024, 2048, 4096, 8192]
 ALLREDUCE_TOKENS = [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+ONE_SHOT_MAX_BYTES = 8 << 20  # SGLang's custom all-reduce serves messages up to 8 MiB; NCCL the larger ones
 SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
               "intermediate_size", "vocab_size")
 
@@ -37,58 +42,253 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _add_rms(x: Any, residual: Any, weight: Any, eps: float = 1e-6) -> tuple[Any, Any]:
+    """residual += x, then RMSNorm of it: SGLang's fused_add_rmsnorm (returns normed, new residual)."""
+    import torch
+
+    s = x.float() + residual.float()
+    y = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    return y.to(x.dtype), s.to(x.dtype)
+
+
+def _rms(x: Any, weight: Any, eps: float = 1e-6) -> Any:
+    import torch
+
+    s = x.float()
+    return (s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+
+
+def _silu_mul(gate_up: Any) -> Any:
+    """SiLU(gate) × up of the merged gate/up projection: SGLang's silu_and_mul."""
+    import torch
+
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def _rope(q: Any, k: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
+    """Rotary embedding (NeoX halves) of q (T, heads, hd) and k (T, kv_heads, hd) at cos/sin (T, hd/2)."""
+    import torch
+
+    c, s = cos[:, None, :], sin[:, None, :]
+
+    def rot(x: Any) -> Any:
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+
+    return rot(q), rot(k)
+
+
+def _rope_store(q: Any, k: Any, v: Any, cos: Any, sin: Any, k_slot: Any, v_slot: Any, scale: float) -> Any:
+    """Decode: rotary embedding of q and k, k and v written into their KV-cache slots, q scaled for attention
+    (SGLang runs rope and the KV write as fused kernels, and scales inside its attention kernel)."""
+    q, k = _rope(q, k, cos, sin)
+    k_slot.copy_(k)
+    v_slot.copy_(v)
+    return q * scale
+
+
+def _add_rms_eager(x: Any, residual: Any, weight: Any, eps: float = 1e-6) -> tuple[Any, Any]:
+    import torch
+
+    s = x + residual
+    return torch.nn.functional.rms_norm(s, (s.shape[-1],), weight, eps), s
+
+
+def _rms_eager(x: Any, weight: Any, eps: float = 1e-6) -> Any:
+    import torch
+
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def _check_compiled(name: str, fn: Callable[..., Any], device: Any) -> None:
+    """Run a compiled step once on small inputs against its eager definition (raises if it fails or differs)."""
+    import torch
+
+    bf = dict(device=device, dtype=torch.bfloat16)
+    x, q, cs = torch.randn(3, 256, **bf), torch.randn(3, 4, 64, **bf), torch.randn(3, 32, device=device)
+    if name == "rope_store":
+        caches = [torch.zeros(3, 4, 5, 64, **bf) for _ in range(4)]
+        got = fn(q, q, q, cs, cs, caches[0][:, :, -1], caches[1][:, :, -1], 0.125)
+        want = _rope_store(q, q, q, cs, cs, caches[2][:, :, -1], caches[3][:, :, -1], 0.125)
+        pairs = [(got, want), (caches[0], caches[2]), (caches[1], caches[3])]
+    else:
+        args = dict(add_rms=(x, x, x[0]), rms=(x, x[0]), silu_mul=(x,), rope=(q, q, cs, cs))[name]
+        eager = dict(add_rms=_add_rms, rms=_rms, silu_mul=_silu_mul, rope=_rope)[name]
+        got, want = fn(*args), eager(*args)
+        pairs = [(got[0], want[0])] if isinstance(got, tuple) else [(got, want)]
+    for g, w in pairs:  # bf16 outputs: within a couple of units in the last place
+        if not torch.allclose(g.float(), w.float(), rtol=0.03, atol=0.03):
+            raise RuntimeError(f"compiled {name} differs from eager by up to {(g.float() - w.float()).abs().max():.3g}")
+
+
+class Ops:
+    """The elementwise steps of a layer: compiled (torch.compile fuses each into Triton kernels, as SGLang's
+    fused CUDA kernels do) or eager PyTorch ops. A step that fails to compile runs eager, and the note says so."""
+
+    def __init__(self, kernels: str, device: Any) -> None:
+        import torch
+
+        self.add_rms, self.rms, self.silu_mul, self.rope, self.rope_store = (
+            _add_rms_eager, _rms_eager, _silu_mul, _rope, _rope_store)
+        self.kernels, self.note = "eager", ""
+        if kernels != "fused" or device.type != "cuda":
+            return
+        for knob in ("recompile_limit", "cache_size_limit"):  # one compile per shape family, not per size
+            if hasattr(torch._dynamo.config, knob):
+                setattr(torch._dynamo.config, knob, 64)
+        fused, failed = [], []
+        for name, f in dict(add_rms=_add_rms, rms=_rms, silu_mul=_silu_mul, rope=_rope,
+                            rope_store=_rope_store).items():
+            try:
+                fn = torch.compile(f, dynamic=True, fullgraph=True)
+                _check_compiled(name, fn, device)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: this step runs eager, and the note says so
+                failed.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})")
+                continue
+            setattr(self, name, fn)
+            fused.append(name)
+        self.kernels = "fused" if not failed else ("partly fused" if fused else "eager")
+        self.note = f"torch.compile failed for {'; '.join(failed)}: eager there" if failed else ""
+        _log(f"elementwise steps: {self.kernels}" + (f" ({self.note})" if self.note else ""))
+
+
+class AllReduce:
+    """The TP all-reduce as SGLang runs it: one-shot over peer memory (PyTorch symmetric memory, like SGLang's
+    custom all-reduce) for messages up to 8 MiB where the size sweep found it faster, NCCL otherwise."""
+
+    def __init__(self, device: Any, dtype: Any) -> None:
+        import torch
+
+        self.torch = torch
+        self.group_name = torch.distributed.group.WORLD.group_name
+        self.buf, self.one_shot_upto, self.note = None, 0, ""
+        try:
+            import torch.distributed._symmetric_memory as symm_mem  # alpha API: any failure falls back to NCCL
+
+            buf = symm_mem.empty(ONE_SHOT_MAX_BYTES // dtype.itemsize, dtype=dtype, device=device)
+            symm_mem.rendezvous(buf, self.group_name)
+            rank = torch.distributed.get_rank()
+            probe, out = buf[:1024], torch.empty(1024, dtype=dtype, device=device)
+            probe.fill_(rank + 1)
+            torch.ops.symm_mem.one_shot_all_reduce_out(probe, "sum", self.group_name, out)
+            world = torch.distributed.get_world_size()
+            if not bool((out.float() == world * (world + 1) / 2).all()):
+                raise RuntimeError("one-shot all-reduce gave a wrong sum")
+            self.buf = buf
+        except Exception as e:  # noqa: BLE001 - no symmetric memory here: NCCL only, and say so
+            self.note = f"one-shot all-reduce unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); NCCL"
+            _log(self.note)
+
+    def nccl(self, x: Any) -> Any:
+        self.torch.distributed.all_reduce(x)
+        return x
+
+    def one_shot(self, x: Any) -> Any:
+        flat = x.view(-1)
+        view = self.buf[: flat.numel()]
+        view.copy_(flat)
+        self.torch.ops.symm_mem.one_shot_all_reduce_out(view, "sum", self.group_name, flat)
+        return x
+
+    def __call__(self, x: Any) -> Any:
+        if x.numel() * x.element_size() <= self.one_shot_upto:
+            return self.one_shot(x)
+        return self.nccl(x)
+
+    def describe(self) -> str:
+        if self.one_shot_upto:
+            return f"one-shot (symmetric memory) up to {self.one_shot_upto} bytes, NCCL above"
+        return "NCCL"
+
+
 class Shard:
     """One TP rank's decoder layers (random weights) and the two forward functions SGLang runs."""
 
-    def __init__(self, shape: dict, tp: int, layers: int, device: Any, allreduce_group: Any = None) -> None:
+    def __init__(self, shape: dict, tp: int, layers: int, device: Any, allreduce: Any = None,
+                 kernels: str = "fused") -> None:
         import torch
 
         self.torch = torch
         dt = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.dtype, self.device, self.tp, self.group = dt, device, tp, allreduce_group
+        self.dtype, self.device, self.tp, self.allreduce = dt, device, tp, allreduce
         h, hd = shape["hidden_size"], shape["head_dim"]
         self.h, self.hd = h, hd
         self.nh = max(1, shape["num_attention_heads"] // tp)
         self.nkv = max(1, shape["num_key_value_heads"] // tp)
         inter = max(1, shape["intermediate_size"] // tp)
         self.gen = torch.Generator(device=device).manual_seed(0)
-        self.layers = [dict(qkv=self.rand(h, (self.nh + 2 * self.nkv) * hd), o=self.rand(self.nh * hd, h),
-                            gu=self.rand(h, 2 * inter), d=self.rand(inter, h),
+        # [out, in] weights, applied with F.linear as SGLang's linear layers are
+        self.layers = [dict(qkv=self.rand((self.nh + 2 * self.nkv) * hd, h), o=self.rand(h, self.nh * hd),
+                            gu=self.rand(2 * inter, h), d=self.rand(h, inter),
                             n1=torch.ones(h, device=device, dtype=dt), n2=torch.ones(h, device=device, dtype=dt))
                        for _ in range(layers)]
-        self.lm_head = self.rand(h, max(1, shape["vocab_size"] // tp))
+        self.final_norm = torch.ones(h, device=device, dtype=dt)
+        self.lm_head = self.rand(max(1, shape["vocab_size"] // tp), h)
+        self.ops = Ops(kernels, device)
+        self.gqa = self._probe_gqa_attention()
 
     def rand(self, *size: int) -> Any:
         """Random tensor of the shard's dtype on its device (std 0.02, like initialised weights)."""
         return self.torch.randn(*size, device=self.device, dtype=self.dtype, generator=self.gen) * 0.02
 
-    def _rms(self, x: Any, g: Any) -> Any:
-        return self.torch.nn.functional.rms_norm(x, (self.h,), g, 1e-6)
+    def rotary(self, positions: Any) -> tuple[Any, Any]:
+        """cos and sin tables (T, head_dim/2) for these positions (base 1e6, as Qwen3)."""
+        torch = self.torch
+        inv = 1.0 / (1e6 ** (torch.arange(0, self.hd, 2, device=self.device, dtype=torch.float32) / self.hd))
+        ang = positions.float()[:, None] * inv[None, :]
+        return ang.cos(), ang.sin()
+
+    def _probe_gqa_attention(self) -> bool:
+        """Whether fused SDPA (cuDNN or flash, not the math fallback) takes grouped KV heads here."""
+        torch = self.torch
+        if self.device.type != "cuda":
+            return False
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        q = torch.randn(1, self.nh, 16, self.hd, device=self.device, dtype=self.dtype)
+        kv = torch.randn(1, self.nkv, 16, self.hd, device=self.device, dtype=self.dtype)
+        try:
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
+                torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True)
+            return True
+        except (RuntimeError, TypeError):
+            return False
 
     def _reduce(self, x: Any, allreduce: bool) -> Any:
-        if allreduce:
-            self.torch.distributed.all_reduce(x, group=self.group)
-        return x
+        return self.allreduce(x) if allreduce and self.allreduce is not None else x
 
-    def _mlp(self, x: Any, p: dict, allreduce: bool) -> Any:
-        gate, up = (self._rms(x, p["n2"]) @ p["gu"]).chunk(2, dim=-1)
-        return x + self._reduce((self.torch.nn.functional.silu(gate) * up) @ p["d"], allreduce)
+    def _mlp(self, h: Any, p: dict, allreduce: bool) -> Any:
+        F = self.torch.nn.functional
+        return self._reduce(F.linear(self.ops.silu_mul(F.linear(h, p["gu"])), p["d"]), allreduce)
 
-    def prefill(self, x: Any, allreduce: bool = False) -> Any:
+    def _next_norm(self, i: int) -> Any:
+        return self.layers[i + 1]["n1"] if i + 1 < len(self.layers) else self.final_norm
+
+    def prefill(self, x: Any, cos: Any, sin: Any, allreduce: bool = False) -> Any:
         """One sequence of x.shape[0] new tokens: causal attention, logits of the last token."""
         F = self.torch.nn.functional
         T, nh, nkv, hd = x.shape[0], self.nh, self.nkv, self.hd
-        for p in self.layers:
-            q, k, v = (self._rms(x, p["n1"]) @ p["qkv"]).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-            q = q.view(1, T, nh, hd).transpose(1, 2)
-            k = k.view(1, T, nkv, hd).transpose(1, 2).repeat_interleave(nh // nkv, dim=1)
-            v = v.view(1, T, nkv, hd).transpose(1, 2).repeat_interleave(nh // nkv, dim=1)
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self._reduce(a.transpose(1, 2).reshape(T, nh * hd) @ p["o"], allreduce)
-            x = self._mlp(x, p, allreduce)
-        return x[-1:] @ self.lm_head
+        residual, h = x, self.ops.rms(x, self.layers[0]["n1"])
+        for i, p in enumerate(self.layers):
+            q, k, v = F.linear(h, p["qkv"]).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+            q, k = self.ops.rope(q.view(T, nh, hd), k.view(T, nkv, hd), cos, sin)
+            q, k, v = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.view(T, nkv, hd).transpose(0, 1)[None]
+            if self.gqa:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    def decode(self, x: Any, k_cache: list, v_cache: list, allreduce: bool = False, attention: str = "sdpa") -> Any:
+                with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
+                    a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            else:
+                k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)
+                a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            o = self._reduce(F.linear(a[0].transpose(0, 1).reshape(T, nh * hd), p["o"]), allreduce)
+            h, residual = self.ops.add_rms(o, residual, p["n2"])
+            h, residual = self.ops.add_rms(self._mlp(h, p, allreduce), residual, self._next_norm(i))
+        return F.linear(h[-1:], self.lm_head)
+
+    def decode(self, x: Any, k_cache: list, v_cache: list, cos: Any, sin: Any, allreduce: bool = False,
+               attention: str = "sdpa") -> Any:
         """One new token for each of x.shape[0] sequences against KV caches of shape (B, kv_heads, C, head_dim).
 
         GQA: each KV head is read once for its group of query heads. attention="sdpa" runs fused
@@ -96,25 +296,28 @@ class Shard:
         spread a long context over the whole GPU (fast at small batch); a split-KV decode kernel such as
         FlashInfer's does about as well as the faster of the two.
         """
+        torch, F = self.torch, self.torch.nn.functional
         B, nh, nkv, hd = x.shape[0], self.nh, self.nkv, self.hd
         group = nh // nkv
+        residual, h = x, self.ops.rms(x, self.layers[0]["n1"])
         for i, p in enumerate(self.layers):
-            q, k, v = (self._rms(x, p["n1"]) @ p["qkv"]).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-            k_cache[i][:, :, -1] = k.view(B, nkv, hd)
-            v_cache[i][:, :, -1] = v.view(B, nkv, hd)
-            q = q.view(B, nkv, group, hd)
+            q, k, v = F.linear(h, p["qkv"]).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+            q = self.ops.rope_store(q.view(B, nh, hd), k.view(B, nkv, hd), v.view(B, nkv, hd), cos, sin,
+                                    k_cache[i][:, :, -1], v_cache[i][:, :, -1], hd**-0.5).view(B, nkv, group, hd)
             if attention == "sdpa":
-                a = self.torch.nn.functional.scaled_dot_product_attention(q, k_cache[i], v_cache[i])
+                a = F.scaled_dot_product_attention(q, k_cache[i], v_cache[i], scale=1.0)
             else:
-                s = self.torch.matmul(q, k_cache[i].transpose(-1, -2)) * hd**-0.5
-                a = self.torch.matmul(self.torch.softmax(s, dim=-1), v_cache[i])
-            x = x + self._reduce(a.reshape(B, nh * hd) @ p["o"], allreduce)
-            x = self._mlp(x, p, allreduce)
-        return x @ self.lm_head
+                a = torch.matmul(torch.softmax(torch.matmul(q, k_cache[i].transpose(-1, -2)), dim=-1), v_cache[i])
+            o = self._reduce(F.linear(a.reshape(B, nh * hd), p["o"]), allreduce)
+            h, residual = self.ops.add_rms(o, residual, p["n2"])
+            h, residual = self.ops.add_rms(self._mlp(h, p, allreduce), residual, self._next_norm(i))
+        return F.linear(h, self.lm_head)
 
 
-def _timer(device: Any, reps: int) -> Callable[[Callable[[], Any]], float]:
-    """Median seconds of fn() after warm-up: CUDA events on a GPU, perf_counter on CPU."""
+def _timer(device: Any, reps: int, per_sample: int = 3) -> Callable[[Callable[[], Any]], float]:
+    """Median GPU seconds of one fn() after warm-up: CUDA events around ``per_sample`` calls queued behind an
+    untimed one, so the GPU never waits for the CPU to launch the timed work (launch gaps would otherwise be
+    counted, and scaled up with the layers); perf_counter on CPU."""
     import torch
 
     def timed(fn: Callable[[], Any]) -> float:
@@ -125,11 +328,13 @@ def _timer(device: Any, reps: int) -> Callable[[Callable[[], Any]], float]:
             if device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 torch.cuda.synchronize()
+                fn()  # untimed: keeps the GPU busy while the timed calls are queued
                 start.record()
-                fn()
+                for _ in range(per_sample):
+                    fn()
                 end.record()
                 torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) / 1000)
+                times.append(start.elapsed_time(end) / 1000 / per_sample)
             else:
                 t0 = time.perf_counter()
                 fn()
@@ -157,15 +362,16 @@ def _graphed(device: Any, fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def measure_rank(shape: dict, tp: int, *, layers: int, reps: int, prefill_tokens: list[int], batches: list[int],
-                 contexts: list[int], device: Any, with_allreduce: bool, rank: int = 0,
-                 kv_budget_bytes: float | None = None) -> list[dict]:
-    """Rows of measured step times (seconds, scaled to the model's depth) for one rank's shard."""
+                 contexts: list[int], device: Any, allreduce: Any = None, rank: int = 0,
+                 kv_budget_bytes: float | None = None, kernels: str = "fused") -> dict:
+    """Measured step times (rows, seconds scaled to the model's depth) for one rank's shard, and the kernels used."""
     import torch
 
-    shard = Shard(shape, tp, layers, device)
+    F = torch.nn.functional
+    shard = Shard(shape, tp, layers, device, allreduce=allreduce, kernels=kernels)
     timed = _timer(device, reps)
     scale = shape["num_hidden_layers"] / layers
-    variants = [False, True] if with_allreduce else [False]
+    variants = [False, True] if allreduce is not None else [False]
     rows: list[dict] = []
 
     def add(phase: str, tokens: int, context: int, batch: int, ar: bool, total: float, head: float,
@@ -179,9 +385,11 @@ def measure_rank(shape: dict, tp: int, *, layers: int, reps: int, prefill_tokens
     with torch.inference_mode():
         for T in prefill_tokens:
             x, last = shard.rand(T, shard.h), shard.rand(1, shard.h)
-            head = timed(_graphed(device, lambda last=last: last @ shard.lm_head))
+            cos, sin = shard.rotary(torch.arange(T, device=device))
+            head = timed(_graphed(device, lambda last=last: F.linear(last, shard.lm_head)))
             for ar in variants:
-                add("prefill", T, 0, 1, ar, timed(_graphed(device, lambda x=x, ar=ar: shard.prefill(x, ar))), head)
+                add("prefill", T, 0, 1, ar, timed(_graphed(device, lambda x=x, c=cos, s=sin, ar=ar:
+                                                            shard.prefill(x, c, s, ar))), head)
             del x
         for C in contexts:
             for B in batches:
@@ -193,12 +401,13 @@ def measure_rank(shape: dict, tp: int, *, layers: int, reps: int, prefill_tokens
                 kc = [shard.rand(B, shard.nkv, C, shard.hd) for _ in range(layers)]
                 vc = [shard.rand(B, shard.nkv, C, shard.hd) for _ in range(layers)]
                 x, xh = shard.rand(B, shard.h), shard.rand(B, shard.h)
-                head = timed(_graphed(device, lambda xh=xh: xh @ shard.lm_head))
+                cos, sin = shard.rotary(torch.full((B,), C - 1, device=device))
+                head = timed(_graphed(device, lambda xh=xh: F.linear(xh, shard.lm_head)))
                 for ar in variants:
                     by_kernel = {}
                     for attn in ("sdpa", "gemv"):
-                        step = _graphed(device, lambda x=x, kc=kc, vc=vc, ar=ar, attn=attn:
-                                        shard.decode(x, kc, vc, ar, attn))
+                        step = _graphed(device, lambda x=x, kc=kc, vc=vc, c=cos, s=sin, ar=ar, attn=attn:
+                                        shard.decode(x, kc, vc, c, s, ar, attn))
                         by_kernel[attn] = timed(step)
                         del step
                     best = min(by_kernel, key=by_kernel.__getitem__)
@@ -207,20 +416,34 @@ def measure_rank(shape: dict, tp: int, *, layers: int, reps: int, prefill_tokens
                 del kc, vc
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-    return rows
+    return dict(rows=rows, kernels=shard.ops.kernels, kernels_note=shard.ops.note,
+                prefill_attention="sdpa, grouped KV heads" if shard.gqa else "sdpa, KV heads repeated")
 
 
-def allreduce_sweep(hidden: int, reps: int, device: Any, tokens_list: list[int]) -> list[dict]:
-    """Seconds per NCCL all-reduce of tokens × hidden BF16 values (20 calls in one CUDA graph)."""
+def allreduce_sweep(hidden: int, reps: int, device: Any, tokens_list: list[int], ar: AllReduce) -> list[dict]:
+    """Seconds per all-reduce of tokens × hidden BF16 values (20 calls in one CUDA graph), NCCL and one-shot;
+    sets ``ar.one_shot_upto`` to the largest size up to which one-shot is the faster (rank 0 decides for all)."""
     import torch
 
     timed = _timer(device, reps)
-    rows = []
+    rows, upto, faster_so_far = [], 0, True
+    n = 20
     for tokens in tokens_list:
         x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16)
-        n = 20
-        fn = _graphed(device, lambda x=x, n=n: [torch.distributed.all_reduce(x) for _ in range(n)])
-        rows.append(dict(tokens=tokens, bytes=tokens * hidden * 2, seconds=timed(fn) / n))
+        nbytes = tokens * hidden * 2
+        row = dict(tokens=tokens, bytes=nbytes,
+                   seconds_nccl=timed(_graphed(device, lambda x=x: [ar.nccl(x) for _ in range(n)])) / n)
+        if ar.buf is not None and nbytes <= ONE_SHOT_MAX_BYTES:
+            row["seconds_one_shot"] = timed(_graphed(device, lambda x=x: [ar.one_shot(x) for _ in range(n)])) / n
+            faster_so_far = faster_so_far and row["seconds_one_shot"] < row["seconds_nccl"]
+            if faster_so_far:
+                upto = nbytes
+        rows.append(row)
+    decided = torch.tensor([upto], device=device, dtype=torch.int64)
+    torch.distributed.broadcast(decided, 0)  # every rank must run the same all-reduce at each size
+    ar.one_shot_upto = int(decided.item())
+    for row in rows:
+        row["seconds"] = row["seconds_one_shot"] if row["bytes"] <= ar.one_shot_upto else row["seconds_nccl"]
     return rows
 
 
@@ -249,19 +472,24 @@ def environment(device_type: str = "cuda") -> dict:
 def _worker(rank: int, world: int, cfg: dict, result_path: str) -> None:
     import torch
 
-    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    for var in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST"):  # no NVLink multicast: plain peer access
+        os.environ.setdefault(var, "0" if var.startswith("NCCL") else "1")
     torch.cuda.set_device(rank)
     dev = torch.device("cuda", rank)
     torch.distributed.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{cfg['port']}", rank=rank,
                                          world_size=world, device_id=dev)
     try:
-        sweep = allreduce_sweep(cfg["shape"]["hidden_size"], cfg["reps"], dev, ALLREDUCE_TOKENS)
-        rows = measure_rank(cfg["shape"], world, layers=cfg["layers"], reps=cfg["reps"],
-                            prefill_tokens=cfg["prefill"], batches=cfg["batches"], contexts=cfg["contexts"],
-                            device=dev, with_allreduce=True, rank=rank, kv_budget_bytes=cfg["kv_budget"])
+        ar = AllReduce(dev, torch.bfloat16)
+        sweep = allreduce_sweep(cfg["shape"]["hidden_size"], cfg["reps"], dev, ALLREDUCE_TOKENS, ar)
+        if rank == 0:
+            _log(f"tp{world} all-reduce: {ar.describe()}")
+        got = measure_rank(cfg["shape"], world, layers=cfg["layers"], reps=cfg["reps"],
+                           prefill_tokens=cfg["prefill"], batches=cfg["batches"], contexts=cfg["contexts"],
+                           device=dev, allreduce=ar, rank=rank, kv_budget_bytes=cfg["kv_budget"],
+                           kernels=cfg["kernels"])
         if rank == 0:
             with open(result_path, "w") as f:
-                json.dump(dict(rows=rows, allreduce=sweep), f)
+                json.dump(dict(got, allreduce=sweep, allreduce_impl=ar.describe(), allreduce_note=ar.note), f)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -274,9 +502,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(shape: dict, tp: int, *, layers: int = 8, reps: int = 15, prefill_tokens: list[int] | None = None,
+def measure(shape: dict, tp: int, *, layers: int = 8, reps: int = 10, prefill_tokens: list[int] | None = None,
             batches: list[int] | None = None, contexts: list[int] | None = None, device: str = "cuda",
-            model: str = "") -> dict:
+            model: str = "", kernels: str = "fused") -> dict:
     """All measurements for one model at one TP size, as the raw JSON document `pdlab calibrate` keeps."""
     import torch
 
@@ -302,18 +530,17 @@ def measure(shape: dict, tp: int, *, layers: int = 8, reps: int = 15, prefill_to
         import torch.multiprocessing as mp
 
         cfg = dict(shape=shape, layers=layers, reps=reps, prefill=prefill_tokens, batches=batches,
-                   contexts=contexts, kv_budget=kv_budget, port=_free_port())
+                   contexts=contexts, kv_budget=kv_budget, port=_free_port(), kernels=kernels)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "rank0.json")
             mp.spawn(_worker, args=(tp, cfg, path), nprocs=tp)
             with open(path) as f:
                 got = json.load(f)
-        doc.update(rows=got["rows"], allreduce=got["allreduce"], allreduce_measured=True)
+        doc.update(got, allreduce_measured=True)
     else:
-        doc["rows"] = measure_rank(shape, tp, layers=layers, reps=reps, prefill_tokens=prefill_tokens,
-                                   batches=batches, contexts=contexts, device=dev, with_allreduce=False,
-                                   kv_budget_bytes=kv_budget)
-        doc.update(allreduce=[], allreduce_measured=False)
+        doc.update(measure_rank(shape, tp, layers=layers, reps=reps, prefill_tokens=prefill_tokens,
+                                batches=batches, contexts=contexts, device=dev, kv_budget_bytes=kv_budget,
+                                kernels=kernels), allreduce=[], allreduce_measured=False)
     return doc
 
 
@@ -324,17 +551,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="")
     ap.add_argument("--tp", type=int, nargs="+", default=[1])
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--prefill", type=int, nargs="*")
     ap.add_argument("--batch", type=int, nargs="*")
     ap.add_argument("--context", type=int, nargs="*")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--kernels", choices=["fused", "eager"], default="fused",
+                    help="fused: elementwise steps compiled with torch.compile, as SGLang fuses them; eager: plain ops")
     ap.add_argument("--out", required=True, help="write a JSON list of one document per TP size here")
     a = ap.parse_args(argv)
     with open(a.shape) as f:
         shape = json.load(f)
     docs = [measure(shape, tp, layers=a.layers, reps=a.reps, prefill_tokens=a.prefill, batches=a.batch,
-                    contexts=a.context, device=a.device, model=a.model) for tp in a.tp]
+                    contexts=a.context, device=a.device, model=a.model, kernels=a.kernels) for tp in a.tp]
     tmp = a.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(docs, f, indent=1)

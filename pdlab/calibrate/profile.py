@@ -48,10 +48,12 @@ def calibrated_profile(raws: list[dict], *, name: str | None = None, base: str |
         if measured is not None:
             interconnect = measured
     memory = env.get("gpu_memory_bytes")
+    kernels = {r.get("kernels", "eager") for r in raws}
     prov = Provenance(kind="calibrated",
                       summary=f"measured with PyTorch CUDA graphs on TP {', '.join(str(t) for t in sorted(efficiency))}"
-                      + ("; all-reduce measured through NCCL" if interconnect is not ref.interconnect
-                         else "; all-reduce from the datasheet (one GPU)"),
+                      + ("; elementwise steps fused by torch.compile" if kernels == {"fused"} else "; eager kernels")
+                      + (f"; all-reduce measured ({interconnect.kind.split('(')[-1].split(',')[0]})"
+                         if interconnect is not ref.interconnect else "; all-reduce from the datasheet (one GPU)"),
                       gpu_name=gpu_name, driver=env.get("driver"), torch=env.get("torch"),
                       date=env.get("measured_at"), command=command or raws[0].get("command"),
                       model=raws[0].get("model") or None, raw=raw_path, residuals={})
