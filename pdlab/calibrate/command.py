@@ -70,7 +70,7 @@ def _quick_sizes(quick: bool) -> dict[str, Any]:
 
 
 def measure_local(shape: ModelProfile, tps: list[int], *, device: str, quick: bool,
-                  kernels: str = "fused") -> list[dict]:
+                  kernels: str = "fused", command: str | None = None) -> list[dict]:
     """Raw measurements on this machine (clear error without torch or CUDA)."""
     try:
         import torch
@@ -81,7 +81,8 @@ def measure_local(shape: ModelProfile, tps: list[int], *, device: str, quick: bo
     from pdlab.calibrate.measure import SHAPE_KEYS, measure
 
     dims = {k: getattr(shape, k) for k in SHAPE_KEYS}
-    return [measure(dims, tp, device=device, model=shape.name, kernels=kernels, **_quick_sizes(quick)) for tp in tps]
+    return [measure(dims, tp, device=device, model=shape.name, kernels=kernels, command=command,
+                    **_quick_sizes(quick)) for tp in tps]
 
 
 def _write_outputs(a: argparse.Namespace, profile: GPUProfile, raws: list[dict] | None) -> None:
@@ -188,7 +189,7 @@ def run(a: argparse.Namespace) -> int:
 
             raws = measure_k8s(exp, shape, tps, quick=a.quick)
         else:
-            raws = measure_local(shape, tps, device=a.device, quick=a.quick, kernels=a.kernels)
+            raws = measure_local(shape, tps, device=a.device, quick=a.quick, kernels=a.kernels, command=command)
         raw_path = str(a.raw or Path(a.out).with_suffix(".raw.json"))
     try:
         profile = calibrated_profile(raws, name=a.name, base=a.base, command=command, raw_path=raw_path)

@@ -101,19 +101,24 @@ def _rms_eager(x: Any, weight: Any, eps: float = 1e-6) -> Any:
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
-def _check_compiled(name: str, fn: Callable[..., Any], device: Any) -> None:
-    """Run a compiled step once on small inputs against its eager definition (raises if it fails or differs)."""
+def _check_compiled(name: str, fn: Callable[..., Any], device: Any, dims: dict) -> None:
+    """Run a compiled step once, at the shard's own widths (so only the token/batch dimension varies later and
+    becomes dynamic), against its eager definition: raises if it fails or differs."""
     import torch
 
     bf = dict(device=device, dtype=torch.bfloat16)
-    x, q, cs = torch.randn(3, 256, **bf), torch.randn(3, 4, 64, **bf), torch.randn(3, 32, device=device)
+    h, nh, nkv, hd = dims["h"], dims["nh"], dims["nkv"], dims["hd"]
+    x, gu = torch.randn(3, h, **bf), torch.randn(3, 2 * dims["inter"], **bf)
+    q, k, v = torch.randn(3, (nh + 2 * nkv) * hd, **bf).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q, k, v = q.view(3, nh, hd), k.view(3, nkv, hd), v.view(3, nkv, hd)
+    cs = torch.randn(3, hd // 2, device=device)
     if name == "rope_store":
-        caches = [torch.zeros(3, 4, 5, 64, **bf) for _ in range(4)]
-        got = fn(q, q, q, cs, cs, caches[0][:, :, -1], caches[1][:, :, -1], 0.125)
-        want = _rope_store(q, q, q, cs, cs, caches[2][:, :, -1], caches[3][:, :, -1], 0.125)
+        caches = [torch.zeros(3, nkv, 5, hd, **bf) for _ in range(4)]
+        got = fn(q, k, v, cs, cs, caches[0][:, :, -1], caches[1][:, :, -1], 0.125)
+        want = _rope_store(q, k, v, cs, cs, caches[2][:, :, -1], caches[3][:, :, -1], 0.125)
         pairs = [(got, want), (caches[0], caches[2]), (caches[1], caches[3])]
     else:
-        args = dict(add_rms=(x, x, x[0]), rms=(x, x[0]), silu_mul=(x,), rope=(q, q, cs, cs))[name]
+        args = dict(add_rms=(x, x, x[0]), rms=(x, x[0]), silu_mul=(gu,), rope=(q, k, cs, cs))[name]
         eager = dict(add_rms=_add_rms, rms=_rms, silu_mul=_silu_mul, rope=_rope)[name]
         got, want = fn(*args), eager(*args)
         pairs = [(got[0], want[0])] if isinstance(got, tuple) else [(got, want)]
@@ -126,7 +131,7 @@ class Ops:
     """The elementwise steps of a layer: compiled (torch.compile fuses each into Triton kernels, as SGLang's
     fused CUDA kernels do) or eager PyTorch ops. A step that fails to compile runs eager, and the note says so."""
 
-    def __init__(self, kernels: str, device: Any) -> None:
+    def __init__(self, kernels: str, device: Any, dims: dict) -> None:
         import torch
 
         self.add_rms, self.rms, self.silu_mul, self.rope, self.rope_store = (
@@ -141,8 +146,10 @@ class Ops:
         for name, f in dict(add_rms=_add_rms, rms=_rms, silu_mul=_silu_mul, rope=_rope,
                             rope_store=_rope_store).items():
             try:
-                fn = torch.compile(f, dynamic=True, fullgraph=True)
-                _check_compiled(name, fn, device)
+                # automatic dynamic shapes: compiled for the widths first, the token/batch size made dynamic on
+                # the next size (dynamic=True would make the widths symbolic too: 2-3× slower kernels)
+                fn = torch.compile(f, fullgraph=True)
+                _check_compiled(name, fn, device, dims)
             except Exception as e:  # noqa: BLE001 - any compiler failure: this step runs eager, and the note says so
                 failed.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})")
                 continue
@@ -225,7 +232,7 @@ class Shard:
                        for _ in range(layers)]
         self.final_norm = torch.ones(h, device=device, dtype=dt)
         self.lm_head = self.rand(max(1, shape["vocab_size"] // tp), h)
-        self.ops = Ops(kernels, device)
+        self.ops = Ops(kernels, device, dict(h=h, inter=inter, nh=self.nh, nkv=self.nkv, hd=hd))
         self.gqa = self._probe_gqa_attention()
 
     def rand(self, *size: int) -> Any:
@@ -504,7 +511,7 @@ def _free_port() -> int:
 
 def measure(shape: dict, tp: int, *, layers: int = 8, reps: int = 10, prefill_tokens: list[int] | None = None,
             batches: list[int] | None = None, contexts: list[int] | None = None, device: str = "cuda",
-            model: str = "", kernels: str = "fused") -> dict:
+            model: str = "", kernels: str = "fused", command: str | None = None) -> dict:
     """All measurements for one model at one TP size, as the raw JSON document `pdlab calibrate` keeps."""
     import torch
 
@@ -522,7 +529,8 @@ def measure(shape: dict, tp: int, *, layers: int = 8, reps: int = 10, prefill_to
         kv_budget = 0.6 * torch.cuda.get_device_properties(dev).total_memory - weights
     doc: dict[str, Any] = dict(format=FORMAT, model=model, shape={k: shape[k] for k in SHAPE_KEYS}, tp=tp,
                                layers_measured=layers, dtype="bf16" if dev.type == "cuda" else "fp32",
-                               reps=reps, environment=environment(dev.type), command=" ".join(sys.argv))
+                               reps=reps, environment=environment(dev.type),
+                               command=command or " ".join(["python3", os.path.basename(sys.argv[0]), *sys.argv[1:]]))
     multi = dev.type == "cuda" and tp > 1 and torch.cuda.device_count() >= tp
     if multi:
         import tempfile
