@@ -7,12 +7,17 @@
    benchmarks/data/calibration/*.json) vs those measurements, prefill 256–8k tokens and decode batch 1–128 ×
    context 1k–8k; and, as the baseline in the same run, the previous model (one decode bandwidth efficiency
    0.75, prefill {256: 0.46, 1024+: 0.63}, 2 ms per step + 128 all-reduce latencies, NVLink at 900 GB/s).
-   H200 TP2 rows include the NCCL all-reduce (measured on two H200s); H100 TP2 rows were measured on one
-   H100 without it (only one H100 was available), so both models leave it out there.
+   TP2 rows include the all-reduce as measured on two GPUs of each kind (one-shot over symmetric memory up
+   to 5 MiB, NCCL above, as SGLang's custom all-reduce does).
 2. TTFT (one prefill step of the batch) and TPOT (one decode step at context ISL + OSL/2) from the model vs
    AIConfigurator 0.12's SGLang estimates (`aiconfigurator cli estimate --estimate-mode static`), ISL 1k/4k/8k,
    batch 1, 16, 64. No HTTP: both are model figures.
-3. `pdlab calibrate --from-run` recovery: requests replayed through emulated workers whose profile is
+3. Over HTTP: an emulated SGLang worker (`python -m pdlab.emulator`, TP2, the calibrated profile) on loopback,
+   `batch` concurrent /generate streams of ISL distinct tokens and OSL 64 new ones: TTFT = the batch's last
+   first token (the whole batch prefilled, as AIConfigurator's static TTFT), TPOT = the median inter-token gap
+   once every stream decodes; vs AIConfigurator at the same ISL/OSL/batch. Rows whose batch does not fit the
+   KV pool are skipped (the emulator would queue them; AIConfigurator's static mode does not).
+4. `pdlab calibrate --from-run` recovery: requests replayed through emulated workers whose profile is
    perturbed by hidden factors; fitting from the default profile; recovery error and residuals.
 
 Targets (issue 13): within 5% of our measurements; within 10% of AIConfigurator at batch 1, 15% at 16/64.
@@ -22,16 +27,21 @@ Nothing is asserted: the figures and ratios are printed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import re
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from pdlab.calibrate.fromrun import Deployment, Observed, fit, replay, scale_profile
+from pdlab.core.fsutil import free_port
 from pdlab.emulator import perfmodel as pm
 from pdlab.emulator.engine import EngineConfig
 from pdlab.experiment.profiles import GPUProfile, ModelProfile, gpu, model
@@ -67,7 +77,8 @@ def step_table(name: str, tp: int) -> list[float]:
         or (r["phase"] == "decode" and r["batch"] in BATCHES and r["context"] in CONTEXTS))]
     env = raw["environment"]
     print(f"\n{name} ({env['gpu_name']}, torch {env['torch']}, {env['measured_at'][:10]}), Qwen3-32B TP{tp}, "
-          f"all-reduce {'included (NCCL)' if with_ar else 'left out (one GPU)'}")
+          f"all-reduce {'included: ' + raw.get('allreduce_impl', 'NCCL') if with_ar else 'left out (one GPU)'}; "
+          f"kernels: {raw.get('kernels', 'eager')}")
     print(f"  {'phase':<8}{'tokens':>7}{'ctx':>6}{'measured ms':>13}{'calibrated':>12}{'err':>8}"
           f"{'previous':>10}{'err':>8}")
     errs, prev_errs = [], []
@@ -120,6 +131,85 @@ def aic_table(osl: int = 256) -> None:
                       f"{ep:>+8.1%}{ok:>5} ±{target:.0%}")
 
 
+async def _stream(client: httpx.AsyncClient, port: int, body: dict) -> list[float]:
+    """Arrival times of one /generate stream's token events."""
+    times = []
+    async with client.stream("POST", f"http://127.0.0.1:{port}/generate", json=body) as r:
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                times.append(time.monotonic())
+    return times[:-1] if len(times) > 1 else times  # the last event repeats the final state
+
+
+async def _http_case(port: int, isl: int, batch: int, osl: int, salt: int) -> tuple[float, float]:
+    """(TTFT, TPOT) in seconds of `batch` concurrent streams of `isl` distinct prompt tokens each."""
+    bodies = [{"input_ids": [1000 + (salt * 7919 + j * 104729 + i) % 140000 for i in range(isl)],
+               "sampling_params": {"max_new_tokens": osl, "ignore_eos": True}, "stream": True}
+              for j in range(batch)]
+    limits = httpx.Limits(max_connections=batch + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as c:
+        await c.get(f"http://127.0.0.1:{port}/health")
+        t0 = time.monotonic()
+        streams = await asyncio.gather(*(_stream(c, port, b) for b in bodies))
+    firsts = [s[0] for s in streams]
+    all_in = max(firsts)
+    gaps = [b - a for s in streams for a, b in zip(s, s[1:], strict=False) if a >= all_in]
+    return all_in - t0, statistics.median(gaps)
+
+
+def http_table(osl: int = 64) -> None:
+    from pdlab.emulator.engine import EngineConfig
+
+    print(f"\nOver HTTP (emulated SGLang worker on 127.0.0.1, TP2, calibrated profile, OSL {osl}) vs AIConfigurator 0.12 "
+          "(same ISL/OSL/batch): TTFT = the batch's last first token, TPOT = median inter-token gap once all decode")
+    print(f"  {'gpu':<5}{'ISL':>6}{'batch':>6}{'TTFT ms':>9}{'AIC':>9}{'err':>8}{'TPOT ms':>9}{'AIC':>8}{'err':>8}"
+          f"{'target':>8}")
+    worst = {1: 0.0, 16: 0.0, 64: 0.0}
+    for name in ("H100", "H200"):
+        pool = EngineConfig(model=M, gpu=gpu(name), tp=2).kv_pool_tokens or 0
+        port = free_port()
+        cmd = [sys.executable, "-m", "pdlab.emulator", "--model-path", "/models/Qwen3-32B/", "--tp", "2", "--host",
+               "127.0.0.1", "--port", str(port), "--emu-gpu", name]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_ready(port, proc)
+            for i, isl in enumerate((1024, 4096, 8192)):
+                for b in (1, 16, 64):
+                    if b * (isl + osl) > pool:
+                        print(f"  {name:<5}{isl:>6}{b:>6}  skipped: {b} × {isl + osl} tokens exceed the KV pool "
+                              f"({pool} tokens)")
+                        continue
+                    ttft, tpot = asyncio.run(_http_case(port, isl, b, osl, salt=100 * i + b))
+                    est = aic_estimate(AIC_SYSTEM[name], isl, osl, b, 2) if shutil.which("aiconfigurator") else None
+                    if est is None:
+                        print(f"  {name:<5}{isl:>6}{b:>6}{ttft * 1e3:>9.1f}{'n/a':>9}{'':>8}{tpot * 1e3:>9.2f}{'n/a':>8}")
+                        continue
+                    et, ep = ttft * 1e3 / est[0] - 1, tpot * 1e3 / est[1] - 1
+                    target = 0.10 if b == 1 else 0.15
+                    worst[b] = max(worst[b], abs(et), abs(ep))
+                    ok = "ok" if abs(et) <= target and abs(ep) <= target else "MISS"
+                    print(f"  {name:<5}{isl:>6}{b:>6}{ttft * 1e3:>9.1f}{est[0]:>9.1f}{et:>+8.1%}{tpot * 1e3:>9.2f}"
+                          f"{est[1]:>8.2f}{ep:>+8.1%}{ok:>5} ±{target:.0%}")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    print("  worst |err| by batch: " + ", ".join(f"batch {b} {v:.1%}" for b, v in worst.items()))
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the emulated worker exited ({proc.returncode})")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the emulated worker did not become ready")
+
+
 def recovery(seed: int = 5) -> None:
     rng = random.Random(seed)
     hidden_p, hidden_d = rng.uniform(0.75, 1.25), rng.uniform(0.75, 1.25)
@@ -145,6 +235,7 @@ def recovery(seed: int = 5) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-aic", action="store_true", help="leave out the AIConfigurator comparison")
+    ap.add_argument("--no-http", action="store_true", help="leave out the over-HTTP comparison (about 3 minutes)")
     a = ap.parse_args()
     all_errs = []
     for name in ("H100", "H200"):
@@ -157,6 +248,8 @@ def main() -> int:
         print("\nAIConfigurator comparison skipped: `pip install aiconfigurator==0.12.*` (benchmarks only)")
     else:
         aic_table()
+    if not a.no_http:
+        http_table()
     recovery()
     return 0
 
