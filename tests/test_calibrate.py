@@ -32,7 +32,7 @@ def test_calibrated_profile_round_trips_with_provenance(tmp_path: Path) -> None:
     p = back.provenance
     assert p.kind == "calibrated" and p.gpu_name == "NVIDIA H200" and p.driver and p.torch and p.date
     assert p.command == "pdlab calibrate x" and p.model == "Qwen3-32B"
-    assert back.interconnect.kind.endswith("(NCCL, measured)")  # two GPUs were present: NCCL was timed
+    assert back.interconnect.kind.endswith("(one-shot + NCCL, measured)")  # two GPUs: both all-reduces timed
     assert back.memory_bytes == pytest.approx(150109880320, rel=1e-3)  # from torch, not the datasheet
     assert set(back.efficiency) == {1, 2} and back.efficiency[2].prefill[8192] < 1
     assert "NVIDIA H200" in back.describe() and "calibrated" in back.describe()
@@ -167,3 +167,13 @@ def test_fit_recovers_the_efficiencies_that_generated_the_times() -> None:
         assert eff.decode_kv[b] == pytest.approx(pm.decode_kv_efficiency(truth, b), rel=2e-3)
     assert eff.prefill[1024] == pytest.approx(want.prefill[1024], rel=1e-3)
     assert res["tp1_decode_max"] < 1e-3
+
+
+def test_profile_says_how_its_raw_measurements_were_taken() -> None:
+    raws = json.loads(RAW_H200.read_text())
+    prof = calibrated_profile(raws)
+    assert "fused by torch.compile" in prof.provenance.summary
+    assert prof.interconnect.kind.endswith("(one-shot + NCCL, measured)")
+    first_method = [{k: v for k, v in r.items() if k not in ("kernels", "allreduce_impl")} for r in raws]
+    prof = calibrated_profile(first_method)  # raw/1 documents: eager ops, NCCL only
+    assert "eager kernels" in prof.provenance.summary and prof.interconnect.kind.endswith("(NCCL, measured)")
