@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import httpx
@@ -55,8 +56,14 @@ def pct(xs: list[float], q: float) -> float:
 
 
 # -- a minimal streaming client (raw asyncio sockets, to keep client CPU low) -------------------------
-async def stream_request(port: int, path: str, body: dict, sent: float | None = None) -> dict:
-    """POST a streaming request; returns send time, chunk arrival times and HTTP status."""
+def chat_token(line: bytes) -> bool:
+    """An OpenAI streaming event that carries generated text."""
+    return line[6:].strip() != b"[DONE]" and b'"content"' in line and b'"content":""' not in line
+
+
+async def stream_request(port: int, path: str, body: dict, sent: float | None = None,
+                         is_token: Callable[[bytes], bool] = chat_token) -> dict:
+    """POST a streaming request; returns send time, token-event arrival times and HTTP status."""
     data = json.dumps(body).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     t0 = time.monotonic() if sent is None else sent
@@ -70,9 +77,8 @@ async def stream_request(port: int, path: str, body: dict, sent: float | None = 
             line = await reader.readline()
             if not line:
                 break
-            if line.startswith(b"data: ") and line[6:].strip() not in (b"[DONE]",) and b'"content"' in line:
-                if b'"content":""' not in line:
-                    times.append(time.monotonic())
+            if line.startswith(b"data: ") and is_token(line):
+                times.append(time.monotonic())
     finally:
         writer.close()
     return {"t0": t0, "times": times, "status": status}

@@ -13,7 +13,8 @@
    AIConfigurator 0.12's SGLang estimates (`aiconfigurator cli estimate --estimate-mode static`), ISL 1k/4k/8k,
    batch 1, 16, 64. No HTTP: both are model figures.
 3. Over HTTP: an emulated SGLang worker (`python -m pdlab.emulator`, TP2, the calibrated profile) on loopback,
-   `batch` concurrent /generate streams of ISL distinct tokens and OSL 64 new ones: TTFT = the batch's last
+   `batch` concurrent /generate streams (a raw-socket client, so the client's Python overhead stays out) of
+   ISL distinct tokens and OSL 64 new ones: TTFT = the batch's last
    first token (the whole batch prefilled, as AIConfigurator's static TTFT), TPOT = the median inter-token gap
    once every stream decodes; vs AIConfigurator at the same ISL/OSL/batch. Rows whose batch does not fit the
    KV pool are skipped (the emulator would queue them; AIConfigurator's static mode does not).
@@ -39,6 +40,7 @@ import time
 from pathlib import Path
 
 import httpx
+from bench_emulator import stream_request  # raw-socket client: the client's own overhead stays out of TTFT
 
 from pdlab.calibrate.fromrun import Deployment, Observed, fit, replay, scale_profile
 from pdlab.core.fsutil import free_port
@@ -131,14 +133,8 @@ def aic_table(osl: int = 256) -> None:
                       f"{ep:>+8.1%}{ok:>5} ±{target:.0%}")
 
 
-async def _stream(client: httpx.AsyncClient, port: int, body: dict) -> list[float]:
-    """Arrival times of one /generate stream's token events."""
-    times = []
-    async with client.stream("POST", f"http://127.0.0.1:{port}/generate", json=body) as r:
-        async for line in r.aiter_lines():
-            if line.startswith("data: {"):
-                times.append(time.monotonic())
-    return times[:-1] if len(times) > 1 else times  # the last event repeats the final state
+def _generate_token(line: bytes) -> bool:
+    return b'"output_ids"' in line
 
 
 async def _http_case(port: int, isl: int, batch: int, osl: int, salt: int) -> tuple[float, float]:
@@ -146,11 +142,9 @@ async def _http_case(port: int, isl: int, batch: int, osl: int, salt: int) -> tu
     bodies = [{"input_ids": [1000 + (salt * 7919 + j * 104729 + i) % 140000 for i in range(isl)],
                "sampling_params": {"max_new_tokens": osl, "ignore_eos": True}, "stream": True}
               for j in range(batch)]
-    limits = httpx.Limits(max_connections=batch + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as c:
-        await c.get(f"http://127.0.0.1:{port}/health")
-        t0 = time.monotonic()
-        streams = await asyncio.gather(*(_stream(c, port, b) for b in bodies))
+    t0 = time.monotonic()
+    rs = await asyncio.gather(*(stream_request(port, "/generate", b, sent=t0, is_token=_generate_token) for b in bodies))
+    streams = [r["times"][:-1] for r in rs]  # the last event repeats the final state
     firsts = [s[0] for s in streams]
     all_in = max(firsts)
     gaps = [b - a for s in streams for a, b in zip(s, s[1:], strict=False) if a >= all_in]
