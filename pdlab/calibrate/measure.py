@@ -127,6 +127,104 @@ def _check_compiled(name: str, fn: Callable[..., Any], device: Any, dims: dict) 
             raise RuntimeError(f"compiled {name} differs from eager by up to {(g.float() - w.float()).abs().max():.3g}")
 
 
+try:  # Triton (in the SGLang image and wherever CUDA PyTorch is): the split-KV decode kernel below
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = tl = None
+
+if triton is not None:
+
+    @triton.jit
+    def _stage1(Q, K, V, Acc, ML, C, SPLIT, NS, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+                BLOCK: tl.constexpr):
+        bh = tl.program_id(0)
+        s = tl.program_id(1)
+        offs_g = tl.arange(0, GP)
+        offs_d = tl.arange(0, D)
+        q = tl.load(Q + bh * G * D + offs_g[:, None] * D + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0)
+        m = tl.full([GP], float("-inf"), tl.float32)
+        den = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, D], tl.float32)
+        start = s * SPLIT
+        end = tl.minimum(start + SPLIT, C)
+        kv = bh.to(tl.int64) * C * D
+        for n0 in range(start, end, BLOCK):
+            offs_n = n0 + tl.arange(0, BLOCK)
+            mask_n = offs_n < end
+            k = tl.load(K + kv + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+            qk = tl.dot(q, tl.trans(k))
+            qk = tl.where(mask_n[None, :], qk, float("-inf"))
+            m_new = tl.maximum(m, tl.max(qk, 1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(qk - m_new[:, None])
+            den = den * alpha + tl.sum(p, 1)
+            v = tl.load(V + kv + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        row = (bh * NS + s) * GP + offs_g
+        tl.store(Acc + row[:, None] * D + offs_d[None, :], acc)
+        tl.store(ML + row * 2, m)
+        tl.store(ML + row * 2 + 1, den)
+
+
+    @triton.jit
+    def _stage2(Acc, ML, Out, NS, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, NSP: tl.constexpr):
+        bh = tl.program_id(0)
+        g = tl.program_id(1)
+        offs_s = tl.arange(0, NSP)
+        offs_d = tl.arange(0, D)
+        ok = offs_s < NS
+        row = (bh * NS + offs_s) * GP + g
+        m = tl.load(ML + row * 2, mask=ok, other=float("-inf"))
+        den = tl.load(ML + row * 2 + 1, mask=ok, other=0.0)
+        w = tl.where(ok, tl.exp(m - tl.max(m, 0)), 0.0)
+        acc = tl.load(Acc + row[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
+        out = tl.sum(acc * w[:, None], 0) / tl.sum(den * w, 0)
+        tl.store(Out + (bh * G + g) * D + offs_d, out.to(Out.dtype.element_ty))
+
+
+def _split_kv_decoder(device: Any, nkv: int, group: int, hd: int) -> Callable[..., Any] | None:
+    """A split-KV GQA decode attention in Triton (flash-decoding, as FlashInfer's decode kernels split a long
+    context over the GPU): per (sequence, KV head, context split) an online softmax, then the splits combined.
+    None off a GPU, without Triton, or if it disagrees with SDPA at this shard's head shapes."""
+    import torch
+
+    if device.type != "cuda" or triton is None:
+        return None
+    block_n = 64
+    sm_count = torch.cuda.get_device_properties(device).multi_processor_count
+
+    def decode(q: Any, k_cache: Any, v_cache: Any) -> Any:
+        """q (B, kv_heads, group, D) with the scale applied, caches (B, kv_heads, C, D): out shaped like q."""
+        B, n, G, D = q.shape
+        C = k_cache.shape[2]
+        ns = max(1, min(triton.cdiv(2 * sm_count, B * n), triton.cdiv(C, 4 * block_n)))
+        split = triton.cdiv(triton.cdiv(C, ns), block_n) * block_n
+        ns = triton.cdiv(C, split)
+        gp = max(16, triton.next_power_of_2(G))
+        acc = torch.empty(B * n * ns * gp * D, device=q.device, dtype=torch.float32)
+        ml = torch.empty(B * n * ns * gp * 2, device=q.device, dtype=torch.float32)
+        out = torch.empty_like(q)
+        _stage1[(B * n, ns)](q, k_cache, v_cache, acc, ml, C, split, ns, G=G, GP=gp, D=D, BLOCK=block_n,
+                             num_warps=4, num_stages=3)
+        _stage2[(B * n, G)](acc, ml, out, ns, G=G, GP=gp, D=D, NSP=triton.next_power_of_2(ns), num_warps=4)
+        return out
+
+    try:
+        bf = dict(device=device, dtype=torch.bfloat16)
+        for B, C in ((1, 1000), (3, 4096)):
+            q = torch.randn(B, nkv, group, hd, **bf) * 0.09
+            kc, vc = torch.randn(B, nkv, C, hd, **bf), torch.randn(B, nkv, C, hd, **bf)
+            want = torch.nn.functional.scaled_dot_product_attention(q, kc, vc, scale=1.0)
+            if not torch.allclose(decode(q, kc, vc).float(), want.float(), atol=0.02, rtol=0.02):
+                raise RuntimeError("split-KV decode attention disagrees with SDPA")
+    except Exception as e:  # noqa: BLE001 - no Triton kernel here: SDPA and GEMVs only, and say so
+        _log(f"split-KV decode attention unavailable ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+        return None
+    return decode
+
+
 class Ops:
     """The elementwise steps of a layer: compiled (torch.compile fuses each into Triton kernels, as SGLang's
     fused CUDA kernels do) or eager PyTorch ops. A step that fails to compile runs eager, and the note says so."""
@@ -233,6 +331,7 @@ class Shard:
         self.final_norm = torch.ones(h, device=device, dtype=dt)
         self.lm_head = self.rand(max(1, shape["vocab_size"] // tp), h)
         self.ops = Ops(kernels, device, dict(h=h, inter=inter, nh=self.nh, nkv=self.nkv, hd=hd))
+        self.split_kv = _split_kv_decoder(device, self.nkv, self.nh // self.nkv, hd) if kernels == "fused" else None
         self.gqa = self._probe_gqa_attention()
 
     def rand(self, *size: int) -> Any:
@@ -313,6 +412,8 @@ class Shard:
                                     k_cache[i][:, :, -1], v_cache[i][:, :, -1], hd**-0.5).view(B, nkv, group, hd)
             if attention == "sdpa":
                 a = F.scaled_dot_product_attention(q, k_cache[i], v_cache[i], scale=1.0)
+            elif attention == "split-kv":
+                a = self.split_kv(q, k_cache[i], v_cache[i])
             else:
                 a = torch.matmul(torch.softmax(torch.matmul(q, k_cache[i].transpose(-1, -2)), dim=-1), v_cache[i])
             o = self._reduce(F.linear(a.reshape(B, nh * hd), p["o"]), allreduce)
@@ -412,7 +513,7 @@ def measure_rank(shape: dict, tp: int, *, layers: int, reps: int, prefill_tokens
                 head = timed(_graphed(device, lambda xh=xh: F.linear(xh, shard.lm_head)))
                 for ar in variants:
                     by_kernel = {}
-                    for attn in ("sdpa", "gemv"):
+                    for attn in ("sdpa", "gemv") + (("split-kv",) if shard.split_kv else ()):
                         step = _graphed(device, lambda x=x, kc=kc, vc=vc, c=cos, s=sin, ar=ar, attn=attn:
                                         shard.decode(x, kc, vc, c, s, ar, attn))
                         by_kernel[attn] = timed(step)
@@ -424,6 +525,7 @@ def measure_rank(shape: dict, tp: int, *, layers: int, reps: int, prefill_tokens
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     return dict(rows=rows, kernels=shard.ops.kernels, kernels_note=shard.ops.note,
+                decode_attention=["sdpa", "gemv"] + (["split-kv (Triton)"] if shard.split_kv else []),
                 prefill_attention="sdpa, grouped KV heads" if shard.gqa else "sdpa, KV heads repeated")
 
 
