@@ -39,8 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-from bench_emulator import stream_request  # raw-socket client: the client's own overhead stays out of TTFT
+from bench_emulator import procs, stream_request  # raw-socket client: the client's overhead stays out of TTFT
 
 from pdlab.calibrate.fromrun import Deployment, Observed, fit, replay, scale_profile
 from pdlab.core.fsutil import free_port
@@ -151,9 +150,7 @@ async def _http_case(port: int, isl: int, batch: int, osl: int, salt: int) -> tu
     return all_in - t0, statistics.median(gaps)
 
 
-def http_table(osl: int = 64) -> None:
-    from pdlab.emulator.engine import EngineConfig
-
+def http_table(osl: int = 64, aic: bool = True) -> None:
     print(f"\nOver HTTP (emulated SGLang worker on 127.0.0.1, TP2, calibrated profile, OSL {osl}) vs AIConfigurator 0.12 "
           "(same ISL/OSL/batch): TTFT = the batch's last first token, TPOT = median inter-token gap once all decode")
     print(f"  {'gpu':<5}{'ISL':>6}{'batch':>6}{'TTFT ms':>9}{'AIC':>9}{'err':>8}{'TPOT ms':>9}{'AIC':>8}{'err':>8}"
@@ -164,9 +161,7 @@ def http_table(osl: int = 64) -> None:
         port = free_port()
         cmd = [sys.executable, "-m", "pdlab.emulator", "--model-path", "/models/Qwen3-32B/", "--tp", "2", "--host",
                "127.0.0.1", "--port", str(port), "--emu-gpu", name]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _wait_ready(port, proc)
+        with procs([cmd], [f"http://127.0.0.1:{port}/health"], timeout=60):
             asyncio.run(_http_case(port, 64, 1, 4, salt=999))  # warm-up: the first request pays one-time costs
             for i, isl in enumerate((1024, 4096, 8192)):
                 for b in (1, 16, 64):
@@ -175,7 +170,7 @@ def http_table(osl: int = 64) -> None:
                               f"({pool} tokens)")
                         continue
                     ttft, tpot = asyncio.run(_http_case(port, isl, b, osl, salt=100 * i + b))
-                    est = aic_estimate(AIC_SYSTEM[name], isl, osl, b, 2) if shutil.which("aiconfigurator") else None
+                    est = aic_estimate(AIC_SYSTEM[name], isl, osl, b, 2) if aic else None
                     if est is None:
                         print(f"  {name:<5}{isl:>6}{b:>6}{ttft * 1e3:>9.1f}{'n/a':>9}{'':>8}{tpot * 1e3:>9.2f}{'n/a':>8}")
                         continue
@@ -185,24 +180,7 @@ def http_table(osl: int = 64) -> None:
                     ok = "ok" if abs(et) <= target and abs(ep) <= target else "MISS"
                     print(f"  {name:<5}{isl:>6}{b:>6}{ttft * 1e3:>9.1f}{est[0]:>9.1f}{et:>+8.1%}{tpot * 1e3:>9.2f}"
                           f"{est[1]:>8.2f}{ep:>+8.1%}{ok:>5} ±{target:.0%}")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
     print("  worst |err| by batch: " + ", ".join(f"batch {b} {v:.1%}" for b, v in worst.items()))
-
-
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the emulated worker exited ({proc.returncode})")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the emulated worker did not become ready")
 
 
 def recovery(seed: int = 5) -> None:
@@ -244,7 +222,7 @@ def main() -> int:
     else:
         aic_table()
     if not a.no_http:
-        http_table()
+        http_table(aic=not a.no_aic and shutil.which("aiconfigurator") is not None)
     recovery()
     return 0
 

@@ -3,10 +3,10 @@
 Per TP size: prefill efficiency = FLOPs ÷ (peak × measured time) at each measured token count; decode
 weight-read and KV-read efficiencies per batch from a least-squares fit of
 time = weights ÷ (BW × e_w[batch]) + KV bytes ÷ (BW × e_kv[batch]) over the contexts measured at that
-batch (rows timed without the all-reduce); the all-reduce latency and per-direction bandwidth (NCCL, or SGLang-style one-shot where the raw
-document says it ran) from what
-the all-reduces added to the measured steps (the in-step cost, which exceeds an isolated NCCL sweep's),
-or from the sweep alone when no step was timed both ways.
+batch (rows timed without the all-reduce); the all-reduce latency and per-direction bandwidth (NCCL, or
+one-shot + NCCL where the raw document says so) from what the all-reduces added to the measured steps
+(the in-step cost, which exceeds an isolated sweep's), or from the sweep alone when no step was timed both
+ways.
 """
 
 from __future__ import annotations

@@ -399,8 +399,8 @@ class Shard:
 
         GQA: each KV head is read once for its group of query heads. attention="sdpa" runs fused
         attention (fast at large batch, but no split over the context), "gemv" two batched GEMVs that
-        spread a long context over the whole GPU (fast at small batch); a split-KV decode kernel such as
-        FlashInfer's does about as well as the faster of the two.
+        spread a long context over the whole GPU, "split-kv" the Triton split-KV kernel (flash-decoding,
+        as FlashInfer's decode kernels); the caller keeps the fastest.
         """
         torch, F = self.torch, self.torch.nn.functional
         B, nh, nkv, hd = x.shape[0], self.nh, self.nkv, self.hd
