@@ -169,6 +169,26 @@ def test_fit_recovers_the_efficiencies_that_generated_the_times() -> None:
     assert res["tp1_decode_max"] < 1e-3
 
 
+def test_fit_holds_kv_efficiency_at_the_hbm_peak_when_context_costs_nothing() -> None:
+    """Decode times flat in context (latency-bound attention at batch 1) must not fit as KV read faster than HBM."""
+    from pdlab.calibrate.fit import fit_tp
+    from pdlab.emulator import perfmodel as pm
+    from pdlab.experiment.profiles import model
+
+    m, g = model("Qwen3-8B"), gpu("H200")
+    rows = [{"phase": "prefill", "tokens": 1024, "context": 0, "batch": 1, "allreduce": False, "seconds": 0.02}]
+    flat = {1024: 5.00e-3, 2048: 5.01e-3, 4096: 4.99e-3, 8192: 5.02e-3}  # within noise of each other
+    rows += [{"phase": "decode", "tokens": 1, "context": c, "batch": 1, "allreduce": False, "seconds": s}
+             for c, s in flat.items()]
+    raw = {"model": "Qwen3-8B", "tp": 1, "shape": m.model_dump(include=set(TINY)), "rows": rows}
+    eff, res = fit_tp(raw, g)
+    assert eff.decode_kv[1] == 1.0
+    assert 0 < eff.decode_weights[1] < 1
+    assert res["tp1_decode_max"] < 0.05  # the held fit still predicts the flat rows
+    weights = pm.weight_bytes_per_gpu(m, 1) / (g.mem_bw_gbps * 1e9 * eff.decode_weights[1])
+    assert weights == pytest.approx(5.0e-3, rel=0.05)  # the flat time is weight reads (and fixed costs)
+
+
 def test_profile_says_how_its_raw_measurements_were_taken() -> None:
     raws = json.loads(RAW_H200.read_text())
     prof = calibrated_profile(raws)

@@ -3,10 +3,10 @@
 Per TP size: prefill efficiency = FLOPs ÷ (peak × measured time) at each measured token count; decode
 weight-read and KV-read efficiencies per batch from a least-squares fit of
 time = weights ÷ (BW × e_w[batch]) + KV bytes ÷ (BW × e_kv[batch]) over the contexts measured at that
-batch (rows timed without the all-reduce); the all-reduce latency and per-direction bandwidth (NCCL, or
-one-shot + NCCL where the raw document says so) from what the all-reduces added to the measured steps
-(the in-step cost, which exceeds an isolated sweep's), or from the sweep alone when no step was timed both
-ways.
+batch (rows timed without the all-reduce; e_kv held at most 1, the HBM peak); the all-reduce latency and
+per-direction bandwidth (NCCL, or one-shot + NCCL where the raw document says so) from what the
+all-reduces added to the measured steps (the in-step cost, which exceeds an isolated sweep's), or from the
+sweep alone when no step was timed both ways.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from pdlab.emulator import perfmodel
 from pdlab.experiment.profiles import GPUProfile, Interconnect, ModelProfile, TPEfficiency
 
 GB = 1e9
+# A KV-read efficiency above 1 would read the KV cache faster than the HBM peak: it only appears where a
+# step's time hardly grows with context (at batch 1 the split-KV attention is latency-bound), and it would
+# extrapolate to long contexts as if they were free. The fit holds it at the peak instead.
+KV_EFFICIENCY_CAP = 1.0
 
 
 def model_of(raw: dict) -> ModelProfile:
@@ -49,6 +53,9 @@ def fit_tp(raw: dict, base: GPUProfile) -> tuple[TPEfficiency, dict[str, float]]
         if k <= 0:  # one context, or times that do not grow with it (noise): the KV cost pooled over batches
             k = pooled
             a = float(np.mean(y - k * kv))
+        if k * bw < 1.0 / KV_EFFICIENCY_CAP:  # faster than HBM can read: latency-bound attention, not bandwidth
+            k = 1.0 / (KV_EFFICIENCY_CAP * bw)
+            a = float(np.sum((1.0 - k * kv / y) / y) / np.sum(1.0 / y**2))  # relative least squares, k fixed
         if a <= 0 or k <= 0:
             raise ValueError(f"decode times for TP{tp} batch {b} do not fit weights + KV reads (check the raw rows)")
         e_w[b], e_kv[b] = round(weights / bw / a, 4), round(1.0 / (k * bw), 4)
