@@ -61,11 +61,14 @@ def chat_token(line: bytes) -> bool:
     return line[6:].strip() != b"[DONE]" and b'"content"' in line and b'"content":""' not in line
 
 
-async def stream_request(port: int, path: str, body: dict, sent: float | None = None,
-                         is_token: Callable[[bytes], bool] = chat_token) -> dict:
-    """POST a streaming request; returns send time, token-event arrival times and HTTP status."""
-    data = json.dumps(body).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+async def stream_request(port: int, path: str, body: dict | bytes, sent: float | None = None,
+                         is_token: Callable[[bytes], bool] = chat_token,
+                         conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None) -> dict:
+    """POST a streaming request (on `conn` if given: a connection opened before the clock started, as a
+    keep-alive client reuses one; `body` as bytes: encoded before the clock started); returns send time,
+    token-event arrival times and HTTP status."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    reader, writer = conn or await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     t0 = time.monotonic() if sent is None else sent
     writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}"
                  f"\r\nConnection: close\r\n\r\n".encode() + data)

@@ -4,6 +4,11 @@ During a busy period the driver keeps a model clock (the sum of step times since
 sleeps until each step's end on that clock, so scheduling jitter does not accumulate; ``stats`` reports how
 far the wall clock lagged the model clock (``drift`` = (wall − model) ÷ model over busy periods, and the
 mean/max lateness of step ends).
+
+The emulator's own Python time stays out of the modelled latency as far as it can (up to ``ABSORB_S``): a
+busy period's clock starts when the work became ready (a request's arrival at the HTTP handler, not after
+its body was parsed and the engine loop woke), each sleep aims early by the event loop's usual timer
+overshoot (learned as it runs), and a step's tokens reach their streams before the next step is planned.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pdlab.emulator.engine import Batch, Engine, Req
+
+ABSORB_S = 0.002  # default for `absorb_s`: the most of its own time the driver hides per busy-period start and per sleep
 
 
 @dataclass
@@ -52,14 +59,21 @@ class RealtimeDriver:
         self.running = False
         self.stall_until = 0.0  # an injected stall: no step starts before this time
         self._wake = asyncio.Event()
+        self._ready_at: float | None = None  # since idle: when work first became ready
+        self._idle_since = 0.0  # when the last busy period's model clock ended
+        self._lead = 0.0  # how early each sleep aims: the loop's timer overshoot, smoothed
+        self.absorb_s = ABSORB_S
+        self.planned_end = 0.0  # the current (or last) step's end on the model clock
 
     @staticmethod
     def now() -> float:
         """The driver's clock (monotonic seconds)."""
         return time.monotonic()
 
-    def notify(self) -> None:
-        """Something changed (arrival, KV arrived, abort): admit and schedule."""
+    def notify(self, at: float | None = None) -> None:
+        """Something changed (arrival, KV arrived, abort) at `at` (default now): admit and schedule."""
+        at = self.now() if at is None else at
+        self._ready_at = at if self._ready_at is None else min(self._ready_at, at)
         self.admit()
         self._wake.set()
 
@@ -80,25 +94,31 @@ class RealtimeDriver:
                 now = self.now()
                 if self.stall_until > now:
                     if busy_start is not None:  # the stall is not model time: close the busy period
-                        st.wall_s += max(now, target) - busy_start
+                        self._close(max(now, target), busy_start)
                         busy_start = target = None
                     await asyncio.sleep(self.stall_until - now)
                     continue
                 batch = eng.next_batch(now)
                 if batch is None:
                     if busy_start is not None:
-                        st.wall_s += max(now, target) - busy_start
+                        self._close(max(now, target), busy_start)
                         busy_start = target = None
+                    self._ready_at = None
                     self._wake.clear()
                     await self._wake.wait()
                     continue
                 dur = batch.cost.total_s * self.time_scale
-                if busy_start is None:
-                    busy_start = target = now
+                if busy_start is None:  # the clock starts when the work was ready, not when this loop woke
+                    ready = now if self._ready_at is None else max(min(self._ready_at, now), now - self.absorb_s)
+                    busy_start = target = max(ready, self._idle_since, self.stall_until)
                 target += dur
-                delay = target - self.now()
+                self.planned_end = target
+                aim = target - self._lead
+                delay = aim - self.now()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                    over = self.now() - aim
+                    self._lead = min(max(0.9 * self._lead + 0.1 * over, 0.0), self.absorb_s)
                 end = self.now()
                 late = end - target
                 st.steps += 1
@@ -109,5 +129,11 @@ class RealtimeDriver:
                 self.admit()
                 if self.on_step is not None:
                     self.on_step(batch, end)
+                await asyncio.sleep(0)  # the step's tokens reach their streams before the next step is planned
         finally:
             self.running = False
+
+    def _close(self, end: float, start: float) -> None:
+        """A busy period ended at `end` (wall clock)."""
+        self.stats.wall_s += end - start
+        self._idle_since = end

@@ -92,6 +92,7 @@ def create_app(cfg: WorkerConfig) -> Starlette:
                  reply: Callable[[Stream, GenRequest], dict],
                  chunks: Callable[[Stream, GenRequest], AsyncIterator[bytes]]) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
+            received = worker.driver.now()  # the request's arrival: body reading and parsing are server time
             status, crash = worker.faults.on_request()
             if crash:
                 worker.crash(f"--emu-fault-crash-after {worker.faults.cfg.crash_after}")
@@ -101,7 +102,7 @@ def create_app(cfg: WorkerConfig) -> Starlette:
                     msg = f"injected fault (--emu-fault-error-rate): HTTP {status}"
                     worker.reject(g, msg)
                     return JSONResponse(api.error_body(kind, msg, status), status_code=status)
-                stream = worker.submit(g)
+                stream = worker.submit(g, received)
             except BadRequest as e:
                 return JSONResponse(api.error_body(kind, e.message, e.status), status_code=e.status)
             try:

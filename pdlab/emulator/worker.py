@@ -163,8 +163,9 @@ class Worker:
         t.add_done_callback(self._tasks.discard)
 
     # -- requests -----------------------------------------------------------------------------
-    def submit(self, g: GenRequest) -> Stream:
-        """Validate and queue a request; its Stream fills as the engine generates. Raises BadRequest."""
+    def submit(self, g: GenRequest, received: float | None = None) -> Stream:
+        """Validate and queue a request received at `received` (driver clock; default now); its Stream fills
+        as the engine generates. Raises BadRequest."""
         why = self.engine.check(len(g.prompt_ids), g.max_new_tokens)
         if why is None and self.mode == "decode" and g.bootstrap is None:
             why = "a decode worker needs bootstrap_host, bootstrap_port and bootstrap_room (send it via the PD router)"
@@ -173,13 +174,13 @@ class Worker:
                 self.bootstrap.complete(g.bootstrap[2], why)
             raise BadRequest(why)
         seed = g.seed if g.seed is not None else zlib.crc32(repr(g.prompt_ids[-64:]).encode()) ^ self.cfg.seed
-        stream = Stream(g, self.driver.now(), seed)
+        stream = Stream(g, self.driver.now() if received is None else received, seed)
         max_new = 1 if self.mode == "prefill" else max(g.max_new_tokens, 1)
         req = Req(g.rid, len(g.prompt_ids), max_new, stream.t_arrival, self._listener(stream), ctx=stream,
                   tokens=g.prompt_ids, out_ids=stream.ids)
         stream.req = req
         self.engine.submit(req)
-        self.driver.notify()
+        self.driver.notify(stream.t_arrival)
         return stream
 
     def reject(self, g: GenRequest, why: str) -> None:
