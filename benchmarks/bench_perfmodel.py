@@ -4,14 +4,16 @@
     python benchmarks/bench_perfmodel.py --no-aic   # without AIConfigurator (pip install aiconfigurator==0.12.*)
 
 1. Step times: the calibrated model (the built-in H100/H200 profiles, fitted by `pdlab calibrate` to
-   benchmarks/data/calibration/*.json) vs those measurements, prefill 256–8k tokens and decode batch 1–128 ×
+   benchmarks/data/calibration/*.json) vs those measurements (back to back: prefill at the GPU's power cap),
+   prefill 256–8k tokens and decode batch 1–128 ×
    context 1k–8k; and, as the baseline in the same run, the previous model (one decode bandwidth efficiency
    0.75, prefill {256: 0.46, 1024+: 0.63}, 2 ms per step + 128 all-reduce latencies, NVLink at 900 GB/s).
    TP2 rows include the all-reduce as measured on two GPUs of each kind (one-shot over symmetric memory up
    to 5 MiB, NCCL above, as SGLang's custom all-reduce does).
-2. TTFT (one prefill step of the batch) and TPOT (one decode step at context ISL + OSL/2) from the model vs
-   AIConfigurator 0.12's SGLang estimates (`aiconfigurator cli estimate --estimate-mode static`), ISL 1k/4k/8k,
-   batch 1, 16, 64. No HTTP: both are model figures.
+2. TTFT (one prefill step of the batch, from an idle GPU: boost clocks until the step has run long enough to
+   reach the power cap) and TPOT (one decode step at context ISL + OSL/2) from the model vs AIConfigurator
+   0.12's SGLang estimates (`aiconfigurator cli estimate --estimate-mode static`), ISL 1k/4k/8k, batch 1, 16,
+   64. No HTTP: both are model figures.
 3. Over HTTP: an emulated SGLang worker (`python -m pdlab.emulator`, TP2, the calibrated profile) on loopback,
    `batch` concurrent /generate streams (a raw-socket client on connections opened before the clock starts,
    as bench_serving's keep-alive session reuses them, so the client's Python overhead stays out) of
@@ -114,7 +116,8 @@ def aic_estimate(system: str, isl: int, osl: int, batch: int, tp: int) -> tuple[
 
 def aic_table(osl: int = 256) -> None:
     print(f"\nModel vs AIConfigurator 0.12 (SGLang, static), Qwen3-32B TP2, OSL {osl}: TTFT = one prefill step of "
-          "the batch, TPOT = one decode step at context ISL + OSL/2 (all-reduce included, no HTTP)")
+          "the batch from an idle GPU (boost clocks, reaching the power cap as it runs), TPOT = one decode step at "
+          "context ISL + OSL/2 (all-reduce included, no HTTP)")
     print(f"  {'gpu':<5}{'ISL':>6}{'batch':>6}{'TTFT ms':>9}{'AIC':>9}{'err':>8}{'TPOT ms':>9}{'AIC':>8}{'err':>8}"
           f"{'target':>8}")
     for name in ("H100", "H200"):
@@ -122,7 +125,7 @@ def aic_table(osl: int = 256) -> None:
         for isl in (1024, 4096, 8192):
             for b in (1, 16, 64):
                 est = aic_estimate(AIC_SYSTEM[name], isl, osl, b, 2)
-                ttft = pm.step_time(M, g, 2, prefill=[(isl, 0)] * b).total_s * 1e3
+                ttft = pm.step_time(M, g, 2, prefill=[(isl, 0)] * b, heat=0.0).total_s * 1e3  # from idle
                 tpot = pm.step_time(M, g, 2, decode=[isl + osl // 2] * b).total_s * 1e3
                 target = 0.10 if b == 1 else 0.15
                 if est is None:
@@ -178,7 +181,7 @@ def http_table(osl: int = 64, aic: bool = True) -> None:
                             for r in range(BATCH1_RUNS if b == 1 else 1)]  # one request is one noisy sample
                     ttft, tpot = statistics.median(t for t, _ in runs), statistics.median(t for _, t in runs)
                     if b == 1:
-                        adds.append(ttft - pm.step_time(M, gpu(name), 2, prefill=[(isl, 0)]).total_s)
+                        adds.append(ttft - pm.step_time(M, gpu(name), 2, prefill=[(isl, 0)], heat=0.0).total_s)
                     est = aic_estimate(AIC_SYSTEM[name], isl, osl, b, 2) if aic else None
                     if est is None:
                         print(f"  {name:<5}{isl:>6}{b:>6}{ttft * 1e3:>9.1f}{'n/a':>9}{'':>8}{tpot * 1e3:>9.2f}{'n/a':>8}")

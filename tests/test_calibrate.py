@@ -197,3 +197,41 @@ def test_profile_says_how_its_raw_measurements_were_taken() -> None:
     first_method = [{k: v for k, v in r.items() if k not in ("kernels", "allreduce_impl")} for r in raws]
     prof = calibrated_profile(first_method)  # raw/1 documents: eager ops, NCCL only
     assert "eager kernels" in prof.provenance.summary and prof.interconnect.kind.endswith("(NCCL, measured)")
+
+
+def test_fit_keeps_prefill_from_idle_and_the_decode_steps_allreduce_apart() -> None:
+    """seconds_boost rows give prefill_boost; all-reduces inside decode steps get their own per-call table."""
+    from pdlab.calibrate.fit import fit_allreduce, fit_tp
+    from pdlab.emulator import perfmodel as pm
+    from pdlab.experiment.profiles import model
+
+    m, g = model("Qwen3-8B"), gpu("H200")
+    calls = 2 * m.num_hidden_layers
+
+    def per_call(tokens: int) -> float:  # 8 µs + the message at 200 GB/s
+        return 8e-6 + tokens * m.hidden_size * m.dtype_bytes / 200e9
+
+    rows = []
+    for t in (128, 256, 1024):
+        s = pm.step_time(m, g, 2, prefill=[(t, 0)], overhead_s=0.0, allreduce=False).total_s
+        rows.append({"phase": "prefill", "tokens": t, "context": 0, "batch": 1, "allreduce": False, "seconds": s,
+                     "seconds_boost": s / 1.15})
+        rows.append({"phase": "prefill", "tokens": t, "context": 0, "batch": 1, "allreduce": True,
+                     "seconds": s + calls * per_call(t)})
+    for b in (16, 64, 128, 256):
+        for c in (1024, 4096):
+            s = pm.step_time(m, g, 2, decode=[c] * b, overhead_s=0.0, allreduce=False).total_s
+            rows.append({"phase": "decode", "tokens": b, "context": c, "batch": b, "allreduce": False, "seconds": s})
+            rows.append({"phase": "decode", "tokens": b, "context": c, "batch": b, "allreduce": True,
+                         "seconds": s + calls * (per_call(b) + 10e-6)})  # + waiting for the other rank
+    raw = {"model": "Qwen3-8B", "tp": 2, "shape": m.model_dump(include=set(TINY)), "rows": rows,
+           "allreduce_impl": "one-shot (symmetric memory) up to 5242880 bytes, NCCL above"}
+    eff, _ = fit_tp(raw, g)
+    for t in (256, 1024):
+        assert eff.prefill_boost[t] == pytest.approx(eff.prefill[t] * 1.15, rel=1e-3)
+    ic = fit_allreduce(raw, "nvlink")
+    size = 128 * m.hidden_size * m.dtype_bytes  # both phases measured at 128 tokens
+    assert ic.allreduce_us[size] == pytest.approx(per_call(128) * 1e6, abs=0.01)
+    assert ic.allreduce_decode_us[size] == pytest.approx(per_call(128) * 1e6 + 10, abs=0.01)
+    del raw["rows"][0]["seconds_boost"], raw["rows"][2]["seconds_boost"], raw["rows"][4]["seconds_boost"]
+    assert fit_tp(raw, g)[0].prefill_boost is None  # raw documents from before: no boost table

@@ -1,5 +1,7 @@
 """Engine scheduling behaviours in virtual time (no HTTP, no clock)."""
 
+import pytest
+
 from pdlab.emulator import perfmodel as pm
 from pdlab.emulator.engine import Engine, EngineConfig, Req, SimRequest, simulate
 from pdlab.experiment.profiles import gpu, model
@@ -152,3 +154,18 @@ def test_abort_frees_kv():
     e.complete(b, 1.0)
     e.abort(r, 1.0)
     assert e.used == 0 and e.reserved == 0 and not e.running
+
+
+def test_isolated_prefills_run_at_boost_clocks_and_a_burst_reaches_the_power_cap():
+    """H100's profile measured both: a request at an idle GPU prefills faster than one in a prefill burst."""
+    h100 = EngineConfig(model=M, gpu=gpu("H100"), tp=2, step_overhead_s=0.0, radix_cache=False,
+                        chunked_prefill_size=2048, max_prefill_tokens=2048)  # one request a step
+    one = pm.step_time(M, h100.gpu, 2, prefill=[(2048, 0)], overhead_s=0.0)  # at the power cap
+    apart = simulate([SimRequest(2.0 * i, 2048, 1) for i in range(3)], h100)
+    burst = simulate([SimRequest(0.0, 2048, 1) for _ in range(12)], h100)
+    for r in apart:
+        assert r.ttft < 0.95 * one.total_s  # from idle: boost clocks
+    firsts = sorted(r.ttft for r in burst)
+    steps = [firsts[0]] + [b - a for a, b in zip(firsts, firsts[1:], strict=False)]  # one prefill step each
+    assert steps[0] < 0.95 * one.total_s
+    assert steps[-1] == pytest.approx(one.total_s, rel=0.02)  # back to back: at the cap

@@ -131,3 +131,57 @@ def test_measured_allreduce_table_is_used_at_its_tp_and_extended_beyond_it():
     assert pm.allreduce_time(TOY, g, 2, 8) == pytest.approx(calls * (30e-6 + (128 - 64) / 1e9))
     # another TP size: latency + bandwidth, not a table measured at TP2
     assert pm.allreduce_time(TOY, g, 4, 2) == pytest.approx(calls * (1.5 * 32 / 1e9 + 1e-6))
+
+
+def test_decode_steps_take_the_decode_allreduce_table_and_prefill_steps_the_other():
+    ic = {"kind": "x", "bw_gbps": 1, "latency_us": 1, "allreduce_tp": 2, "allreduce_us": {64: 30.0, 256: 50.0},
+          "allreduce_decode_us": {16: 10.0, 64: 40.0}}
+    g = TOY_GPU.model_copy(update={"interconnect": TOY_GPU.interconnect.model_copy(update=ic)})
+    calls = 2 * TOY.num_hidden_layers
+    # 4 tokens × 8 × 2 = 64 bytes: each phase its own in-step time
+    assert pm.allreduce_time(TOY, g, 2, 4, decode_step=True) == pytest.approx(calls * 40e-6)
+    assert pm.allreduce_time(TOY, g, 2, 4) == pytest.approx(calls * 30e-6)
+    # a prefill step below the prefill table's sizes borrows the decode table rather than the line
+    assert pm.allreduce_time(TOY, g, 2, 1) == pytest.approx(calls * 10e-6)
+    step = pm.step_time(TOY, g, 2, decode=[5] * 4, overhead_s=0.0)
+    assert step.allreduce_s == pytest.approx(calls * 40e-6)
+
+
+BOOST_EFF = {**TOY_EFF, "prefill": {1: 0.5}, "prefill_boost": {1: 0.6}}
+BOOST_GPU = TOY_GPU.model_copy(update={"efficiency": {1: GPUProfile.model_validate(
+    {**TOY_GPU.model_dump(), "efficiency": {1: BOOST_EFF}}).efficiency[1]}})
+
+
+def test_prefill_from_idle_runs_at_boost_clocks_and_heats_to_the_power_cap():
+    m, g = model("Qwen3-8B"), BOOST_GPU.model_copy(update={"bf16_tflops": 1000.0, "mem_bw_gbps": 3000.0})
+    capped = pm.step_time(m, g, 1, prefill=[(256, 0)], overhead_s=0.0)  # heat None: at the power cap
+    cold = pm.step_time(m, g, 1, prefill=[(256, 0)], overhead_s=0.0, heat=0.0)
+    hot = pm.step_time(m, g, 1, prefill=[(256, 0)], overhead_s=0.0, heat=1.0)
+    assert hot.compute_s == pytest.approx(capped.compute_s)
+    assert cold.compute_s == pytest.approx(capped.compute_s * 0.5 / 0.6, rel=1e-3)  # a short step stays at boost
+    assert cold.compute_s < capped.compute_s
+    # a step long against POWER_TAU_S reaches the cap part-way: between boost and capped
+    long_cold = pm.step_time(m, g, 1, prefill=[(65536, 0)], overhead_s=0.0, heat=0.0).compute_s
+    long_capped = pm.step_time(m, g, 1, prefill=[(65536, 0)], overhead_s=0.0).compute_s
+    assert long_capped * 0.5 / 0.6 * 1.01 < long_cold < long_capped
+    # a profile without prefill_boost: heat changes nothing
+    plain = pm.step_time(m, TOY_GPU.model_copy(update={"bf16_tflops": 1000.0}), 1, prefill=[(256, 0)], heat=0.0)
+    assert plain.compute_s == pytest.approx(
+        pm.step_time(m, TOY_GPU.model_copy(update={"bf16_tflops": 1000.0}), 1, prefill=[(256, 0)]).compute_s)
+
+
+def test_power_state_heats_under_back_to_back_prefill_and_cools_when_idle():
+    ps = pm.PowerState()
+    t = 0.0
+    for _ in range(40):  # 20 ms prefill steps back to back for 0.8 s
+        t += 0.02
+        ps.hot_step(0.02, t)
+    assert pm.throttle_of(ps.heat_at(t)) > 0.95
+    assert pm.throttle_of(ps.heat_at(t + 0.5)) == 0.0  # half a second idle: boost again
+    duty = pm.PowerState()
+    t = 0.0
+    for _ in range(100):  # 12 ms steps with 12 ms gaps: 50% duty holds the clock (measured)
+        t += 0.012
+        duty.hot_step(0.012, t)
+        t += 0.012
+    assert pm.throttle_of(duty.heat_at(t)) == 0.0

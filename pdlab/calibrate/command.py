@@ -100,6 +100,11 @@ def _print_profile(profile: GPUProfile) -> None:
         print(f"  TP{tp}: prefill {min(e.prefill.values()):.2f}–{max(e.prefill.values()):.2f} of peak; decode weight "
               f"reads {min(e.decode_weights.values()):.2f}–{max(e.decode_weights.values()):.2f}, KV reads "
               f"{min(e.decode_kv.values()):.2f}–{max(e.decode_kv.values()):.2f} of HBM bandwidth")
+        if e.prefill_boost:
+            slow = [e.prefill_boost[t] / e.prefill[t] - 1 for t in e.prefill_boost if t in e.prefill]
+            print(f"    prefill from idle (boost clocks) {min(e.prefill_boost.values()):.2f}–"
+                  f"{max(e.prefill_boost.values()):.2f} of peak: back-to-back at the power cap is "
+                  f"{min(slow):.0%}–{max(slow):.0%} slower")
     ic = profile.interconnect
     print(f"  all-reduce: {ic.bw_gbps:g} GB/s per direction, {ic.latency_us:g} µs per call ({ic.kind})")
     if profile.provenance.residuals:

@@ -1,6 +1,7 @@
 """Fit a GPU profile's efficiencies to raw step-time measurements (as `measure.py` writes them).
 
-Per TP size: prefill efficiency = FLOPs ÷ (peak × measured time) at each measured token count; decode
+Per TP size: prefill efficiency = FLOPs ÷ (peak × measured time) at each measured token count (and from
+the from-idle times, where measured, the boost-clock ``prefill_boost``); decode
 weight-read and KV-read efficiencies per batch from a least-squares fit of
 time = weights ÷ (BW × e_w[batch]) + KV bytes ÷ (BW × e_kv[batch]) over the contexts measured at that
 batch (rows timed without the all-reduce; e_kv held at most 1, the HBM peak); the all-reduce latency and
@@ -35,6 +36,8 @@ def fit_tp(raw: dict, base: GPUProfile) -> tuple[TPEfficiency, dict[str, float]]
     rows = [r for r in raw["rows"] if not r.get("allreduce")]
     prefill = {int(r["tokens"]): perfmodel.flops_per_step(m, [(r["tokens"], 0)], []) / tp / peak / r["seconds"]
                for r in rows if r["phase"] == "prefill"}
+    boost = {int(r["tokens"]): perfmodel.flops_per_step(m, [(r["tokens"], 0)], []) / tp / peak
+             / min(r["seconds_boost"], r["seconds"]) for r in rows if r["phase"] == "prefill" and "seconds_boost" in r}
     dec = [r for r in rows if r["phase"] == "decode"]
     if not prefill or not dec:
         raise ValueError(f"raw measurement for TP{tp} needs both prefill and decode rows")
@@ -60,7 +63,8 @@ def fit_tp(raw: dict, base: GPUProfile) -> tuple[TPEfficiency, dict[str, float]]
             raise ValueError(f"decode times for TP{tp} batch {b} do not fit weights + KV reads (check the raw rows)")
         e_w[b], e_kv[b] = round(weights / bw / a, 4), round(1.0 / (k * bw), 4)
         rel += list((a + k * kv) / y - 1)
-    eff = TPEfficiency(prefill={t: round(e, 4) for t, e in sorted(prefill.items())}, decode_weights=e_w, decode_kv=e_kv)
+    eff = TPEfficiency(prefill={t: round(e, 4) for t, e in sorted(prefill.items())}, decode_weights=e_w, decode_kv=e_kv,
+                       prefill_boost={t: round(e, 4) for t, e in sorted(boost.items())} or None)
     rel = np.array(rel)
     return eff, {f"tp{tp}_decode_max": float(np.abs(rel).max()), f"tp{tp}_decode_rms": float(np.sqrt((rel**2).mean()))}
 
@@ -76,15 +80,16 @@ def _seconds_per_kv_byte(dec: list[dict], kv_of: dict[int, float], batches: list
     return float(coef[-1])
 
 
-def _allreduce_samples(raw: dict) -> list[tuple[float, float]]:
-    """(message bytes, seconds per all-reduce call) from steps timed with and without the all-reduce."""
+def _allreduce_samples(raw: dict, phase: str | None = None) -> list[tuple[float, float]]:
+    """(message bytes, seconds per all-reduce call) from steps (of `phase`, or all) timed with and without
+    the all-reduce."""
     m = model_of(raw)
     calls = 2 * m.num_hidden_layers
     plain = {(r["phase"], r["tokens"], r["context"]): r["seconds"] for r in raw["rows"] if not r.get("allreduce")}
     out = []
     for r in raw["rows"]:
         key = (r["phase"], r["tokens"], r["context"])
-        if r.get("allreduce") and key in plain:
+        if r.get("allreduce") and key in plain and phase in (None, r["phase"]):
             msg = int(r["tokens"]) * m.hidden_size * m.dtype_bytes
             out.append((float(msg), (r["seconds"] - plain[key]) / calls))
     return out
@@ -101,14 +106,27 @@ def fit_allreduce(raw: dict, kind: str) -> Interconnect | None:
     t = np.array([s for _, s in samples])
     A = np.c_[np.ones_like(wire), wire]
     (lat, per_byte), *_ = np.linalg.lstsq(A / t[:, None], np.ones(len(t)), rcond=None)
-    by_size: dict[int, list[float]] = {}
-    for b, s in samples:
-        by_size.setdefault(int(b), []).append(s)
-    table = {b: round(float(np.median(v)) * 1e6, 2) for b, v in sorted(by_size.items())}
+    # per-call tables inside the steps: prefill steps (or the sweep) and decode steps apart, since a decode
+    # step's calls also wait for the slower rank's memory-bound work
+    steps = _allreduce_samples(raw)
+    table = _median_us(_allreduce_samples(raw, "prefill") if steps else samples)
+    decode = _median_us(_allreduce_samples(raw, "decode"))
+    if len(table) < 3:
+        table, decode = _median_us(samples), {}
     impl = "one-shot + NCCL" if str(raw.get("allreduce_impl", "NCCL")).startswith("one-shot") else "NCCL"
     return Interconnect(kind=f"{kind} ({impl}, measured)", bw_gbps=round(1 / per_byte / GB, 1),
                         latency_us=round(max(lat, 0.0) * 1e6, 2), allreduce_us=table if len(table) >= 3 else {},
+                        allreduce_decode_us=decode if len(table) >= 3 and len(decode) >= 3 else {},
                         allreduce_tp=tp if len(table) >= 3 else None)
+
+
+def _median_us(samples: list[tuple[float, float]]) -> dict[int, float]:
+    """{message bytes: median µs per call} of (bytes, seconds) samples."""
+    by_size: dict[int, list[float]] = {}
+    for b, s in samples:
+        if s > 0:
+            by_size.setdefault(int(b), []).append(s)
+    return {b: round(float(np.median(v)) * 1e6, 2) for b, v in sorted(by_size.items())}
 
 
 def predict(m: ModelProfile, gpu: GPUProfile, row: dict, tp: int) -> float:

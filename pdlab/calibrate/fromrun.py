@@ -59,7 +59,9 @@ def scale_profile(gpu: GPUProfile, *, prefill: float = 1.0, decode: float = 1.0,
     """`gpu` with prefill efficiencies × prefill, decode weight and KV efficiencies × decode, and an overhead."""
     eff = {tp: TPEfficiency(prefill={k: v * prefill for k, v in e.prefill.items()},
                             decode_weights={k: v * decode for k, v in e.decode_weights.items()},
-                            decode_kv={k: v * decode for k, v in e.decode_kv.items()})
+                            decode_kv={k: v * decode for k, v in e.decode_kv.items()},
+                            prefill_boost={k: v * prefill for k, v in e.prefill_boost.items()}
+                            if e.prefill_boost else None)
            for tp, e in gpu.efficiency.items()}
     upd: dict = {"efficiency": eff}
     if step_overhead_ms is not None:

@@ -9,7 +9,9 @@ decoder layers run and scaled to the model's depth, the LM head added once), the
 - linear layers as ``F.linear`` on [out, in] weights (cuBLAS), the elementwise steps fused as SGLang fuses
   them (residual add + RMSNorm, SiLU × up, rotary embedding), compiled to Triton by ``torch.compile``
   (``--kernels eager``: plain PyTorch ops, one kernel each);
-- prefill of one sequence of N tokens (fused attention with grouped KV heads), in a CUDA graph;
+- prefill of one sequence of N tokens (fused attention with grouped KV heads), in a CUDA graph: back to
+  back (the clocks under sustained compute, at the GPU's power cap) and, on a GPU and without the
+  all-reduce, again from idle (boost clocks, ``seconds_boost``);
 - decode of a batch of B sequences with C tokens of KV each, in a CUDA graph as SGLang does;
 - with more than one GPU and ``--tp`` > 1: each step again with the two all-reduces per layer, as SGLang
   runs them: a one-shot all-reduce over peer memory (its custom all-reduce; here PyTorch's symmetric
@@ -33,6 +35,7 @@ PREFILL_TOKENS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 DECODE_CONTEXTS = [1024, 2048, 4096, 8192]
 ALLREDUCE_TOKENS = [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+BOOST_IDLE_S = 0.3  # idle before a from-idle sample: the clocks recover from the power cap well within it
 ONE_SHOT_MAX_BYTES = 8 << 20  # SGLang's custom all-reduce serves messages up to 8 MiB; NCCL the larger ones
 SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
               "intermediate_size", "vocab_size")
@@ -452,6 +455,26 @@ def _timer(device: Any, reps: int, per_sample: int = 3) -> Callable[[Callable[[]
     return timed
 
 
+def _from_idle(device: Any, fn: Callable[[], Any], samples: int = 3, idle_s: float = BOOST_IDLE_S) -> float | None:
+    """Median GPU seconds of one fn() started after `idle_s` idle: the GPU at boost clocks, as for a request
+    that arrives at an idle server (back-to-back timings run at the clocks of its power cap). None off a GPU."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    times = []
+    for _ in range(samples):
+        torch.cuda.synchronize()
+        time.sleep(idle_s)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return statistics.median(times)
+
+
 def _graphed(device: Any, fn: Callable[[], Any]) -> Callable[[], Any]:
     """fn captured in a CUDA graph (replayed as one launch), or fn itself off a GPU."""
     import torch
@@ -487,8 +510,9 @@ def measure_rank(shape: dict, tp: int, *, layers: int, reps: int, prefill_tokens
         rows.append(dict(phase=phase, tokens=tokens, context=context, batch=batch, allreduce=ar,
                          seconds=(total - head) * scale + head, **extra))
         if rank == 0:
+            boost = f" (from idle {extra['seconds_boost'] * 1e3:.2f} ms)" if "seconds_boost" in extra else ""
             _log(f"tp{tp} {phase:<7} tokens={tokens:>6} context={context:>5} allreduce={int(ar)} "
-                 f"{rows[-1]['seconds'] * 1e3:9.2f} ms")
+                 f"{rows[-1]['seconds'] * 1e3:9.2f} ms{boost}")
 
     with torch.inference_mode():
         for T in prefill_tokens:
@@ -496,8 +520,12 @@ def measure_rank(shape: dict, tp: int, *, layers: int, reps: int, prefill_tokens
             cos, sin = shard.rotary(torch.arange(T, device=device))
             head = timed(_graphed(device, lambda last=last: F.linear(last, shard.lm_head)))
             for ar in variants:
-                add("prefill", T, 0, 1, ar, timed(_graphed(device, lambda x=x, c=cos, s=sin, ar=ar:
-                                                            shard.prefill(x, c, s, ar))), head)
+                step = _graphed(device, lambda x=x, c=cos, s=sin, ar=ar: shard.prefill(x, c, s, ar))
+                # from idle without the all-reduce only: the ranks' unsynchronised starts would be timed too
+                sustained, boost = timed(step), None if ar else _from_idle(device, step)
+                extra = {} if boost is None else {"seconds_boost": (min(boost, sustained) - head) * scale + head}
+                add("prefill", T, 0, 1, ar, sustained, head, **extra)
+                del step
             del x
         for C in contexts:
             for B in batches:

@@ -78,12 +78,17 @@ def profile_yaml(profile: GPUProfile) -> str:
     data = profile.model_dump(mode="json", exclude_none=True)
     data["efficiency"] = {int(k): v for k, v in data["efficiency"].items()}
     data["interconnect"]["allreduce_us"] = {int(k): v for k, v in data["interconnect"].get("allreduce_us", {}).items()}
-    if not data["interconnect"]["allreduce_us"]:
-        del data["interconnect"]["allreduce_us"]
+    data["interconnect"]["allreduce_decode_us"] = {
+        int(k): v for k, v in data["interconnect"].get("allreduce_decode_us", {}).items()}
+    for key in ("allreduce_us", "allreduce_decode_us"):
+        if not data["interconnect"][key]:
+            del data["interconnect"][key]
     for eff in data["efficiency"].values():
         eff["prefill"] = {int(k): v for k, v in eff["prefill"].items()}
         eff["decode_weights"] = {int(k): v for k, v in eff["decode_weights"].items()}
         eff["decode_kv"] = {int(k): v for k, v in eff["decode_kv"].items()}
+        if "prefill_boost" in eff:
+            eff["prefill_boost"] = {int(k): v for k, v in eff["prefill_boost"].items()}
     head = ("# GPU profile written by `pdlab calibrate`. Load it with `gpu.profile: PATH` in an experiment file\n"
             "# or `--emu-gpu-profile PATH` on an emulated worker. Efficiencies are fractions of the datasheet\n"
             "# peaks below, measured without the all-reduce; see pdlab/emulator/perfmodel.py for the model.\n")

@@ -53,6 +53,7 @@ class RealtimeDriver:
                  on_step: Callable[[Batch, float], None] | None = None):
         self.engine = engine
         self.time_scale = time_scale
+        engine.power.time_scale = time_scale
         self.on_admit = on_admit
         self.on_step = on_step
         self.stats = ClockStats()

@@ -138,6 +138,7 @@ class Engine:
         self.last_hit_rate = 0.0
         self.steps = 0
         self.cache = RadixCache(config.page_size) if config.radix_cache else None
+        self.power = perfmodel.PowerState()  # boost clocks from idle, the power cap under sustained prefill
 
     # -- submission and state -------------------------------------------------------------------
     def check(self, prompt_len: int, max_new_tokens: int) -> str | None:
@@ -250,7 +251,7 @@ class Engine:
     def next_batch(self, now: float) -> Batch | None:
         """The next forward step: a prefill batch if one can be formed (priority), else a decode step."""
         if self.config.mode != "decode":
-            batch = self._prefill_batch()
+            batch = self._prefill_batch(now)
             if batch is not None:
                 return batch
         if self.running and self.config.mode != "prefill":
@@ -262,7 +263,7 @@ class Engine:
             return batch
         return None
 
-    def _prefill_batch(self) -> Batch | None:
+    def _prefill_batch(self, now: float) -> Batch | None:
         cfg = self.config
         chunk = cfg.chunked_prefill_size if cfg.chunked_prefill_size and cfg.chunked_prefill_size > 0 else 1 << 62
         budget = min(chunk, cfg.max_prefill_tokens if cfg.max_prefill_tokens > 0 else 1 << 62)
@@ -294,13 +295,16 @@ class Engine:
             self.last_hit_rate = hit / (hit + new)
         batch = Batch("prefill", prefill=items)
         batch.cost = perfmodel.step_time(
-            cfg.model, cfg.gpu, cfg.tp, prefill=[(n, r.prefilled) for r, n in items], overhead_s=cfg.step_overhead_s
+            cfg.model, cfg.gpu, cfg.tp, prefill=[(n, r.prefilled) for r, n in items], overhead_s=cfg.step_overhead_s,
+            heat=self.power.heat_at(now),
         )
         return batch
 
     def complete(self, batch: Batch, now: float) -> None:
         """Apply a finished step at time `now`: advance prefills, emit tokens, finish requests."""
         self.steps += 1
+        if perfmodel.PowerState.is_hot(batch.cost):
+            self.power.hot_step(batch.cost.total_s, now)
         if batch.kind == "prefill":
             self.chunked = None
             for r, n in batch.prefill:

@@ -3,7 +3,8 @@
 Public API (the local backend, notebooks, the emulator engine, the planner and `pdlab calibrate` call these):
 
 - ``step_time(model, gpu, tp, prefill=[(new_tokens, cached_context), ...], decode=[kv_len, ...],
-  overhead_s=None, allreduce=True) -> StepCost`` — time of one forward step of a batch.
+  overhead_s=None, allreduce=True, heat=None) -> StepCost`` — time of one forward step of a batch.
+- ``PowerState`` — a GPU's heat (recent compute-bound time): an engine keeps one and passes its heat.
 - ``StepCost`` — ``compute_s``, ``memory_s``, ``allreduce_s``, ``overhead_s``, ``total_s``, ``flops``, ``bytes``.
 - ``kv_pool_tokens(model, gpu, tp, mem_fraction_static) -> int`` — KV-cache token pool of one TP group.
 - ``kv_transfer_time(tokens, model, link) -> float`` — PD KV-cache handoff time over a link.
@@ -19,6 +20,12 @@ TP size (``GPUProfile.at_tp``):
     compute_s = FLOPs ÷ (dense BF16 peak × prefill[step tokens])          steps with prefill tokens only
     step      = max(compute_s, weights_s + kv_s) + TP all-reduce + per-step overhead
 
+``prefill`` is measured back to back, where a GPU sits at its power cap; where the profile also has
+``prefill_boost`` (measured from idle, boost clocks), a step given its GPU's heat is computed from boost
+toward the cap as the heat rises (``PowerState``): an isolated request's prefill runs at boost clocks, a
+burst of prefills reaches the cap within about 100 ms. Without a heat (``heat=None``: bounds, capacity) the
+step is at the cap, the conservative figure.
+
 The efficiencies come from CUDA-graph step times measured without the all-reduce (``pdlab calibrate``),
 so launch gaps are inside them and nothing is counted twice: the all-reduce is added from its own
 measured latency and per-direction bandwidth, and the per-step overhead (``step_overhead_ms``) is only
@@ -33,6 +40,11 @@ from dataclasses import dataclass
 from pdlab.experiment.profiles import GPUProfile, LinkProfile, ModelProfile
 
 GB = 1e9
+# The power cap (PowerState): heat's time constant, the heat above which clocks drop, and the parts a
+# prefill step from a given heat is computed in. Fitted to benchmarks/data/calibration/*-power-cap.log.
+POWER_TAU_S = 0.1
+POWER_ONSET = 0.65
+POWER_SLICES = 8
 
 
 @dataclass(frozen=True)
@@ -75,9 +87,49 @@ def interpolate_log2(table: dict[int, float], x: float) -> float:
     return points[-1][1]  # pragma: no cover
 
 
-def prefill_efficiency(gpu: GPUProfile, tokens: int, tp: int = 1) -> float:
-    """Fraction of dense BF16 peak a step with `tokens` prefill tokens reaches at this TP size."""
-    return interpolate_log2(gpu.at_tp(tp).prefill, max(tokens, 1))
+def prefill_efficiency(gpu: GPUProfile, tokens: int, tp: int = 1, throttle: float = 1.0) -> float:
+    """Fraction of dense BF16 peak a step with `tokens` prefill tokens reaches at this TP size.
+
+    `throttle` 1 is a GPU at its power cap (sustained compute, what `prefill` is measured at), 0 one at boost
+    clocks (from idle: `prefill_boost`, where measured); between, the step's time is interpolated.
+    """
+    eff = gpu.at_tp(tp)
+    sustained = interpolate_log2(eff.prefill, max(tokens, 1))
+    if throttle >= 1.0 or not eff.prefill_boost:
+        return sustained
+    boost = max(interpolate_log2(eff.prefill_boost, max(tokens, 1)), sustained)
+    return 1.0 / (throttle / sustained + (1.0 - throttle) / boost)
+
+
+def throttle_of(heat: float) -> float:
+    """How far toward its power cap a GPU runs (0 boost .. 1 capped) at a given heat (see PowerState)."""
+    return min(max((heat - POWER_ONSET) / (1.0 - POWER_ONSET), 0.0), 1.0)
+
+
+class PowerState:
+    """A GPU's heat: the moving average (time constant POWER_TAU_S) of the time it spent in compute-bound
+    steps. Measured (benchmarks/gpu_power_cap.py, H100 and H200): back-to-back prefill drops the SM clock
+    from 1980 to 1300-1500 MHz within 60-200 ms, steps 15% slower; at 50% duty the clock holds, at 70% the
+    steps are 1-2% slower. Memory-bound decode steps hardly heat it."""
+
+    def __init__(self, time_scale: float = 1.0) -> None:
+        self.heat = 0.0
+        self.t = 0.0  # when `heat` was last updated (the end of the last compute-bound step), caller's clock
+        self.time_scale = time_scale  # caller's clock seconds per modelled second (an emulator's --emu-time-scale)
+
+    def heat_at(self, now: float) -> float:
+        """Heat at `now`: cooled since the last compute-bound step ended."""
+        return self.heat * math.exp(-max(now - self.t, 0.0) / self.time_scale / POWER_TAU_S)
+
+    def hot_step(self, seconds: float, end: float) -> None:
+        """A compute-bound step of `seconds` (modelled) ended at `end`."""
+        h = self.heat_at(end - seconds * self.time_scale)
+        self.heat, self.t = 1.0 - (1.0 - h) * math.exp(-seconds / POWER_TAU_S), end
+
+    @staticmethod
+    def is_hot(cost: StepCost) -> bool:
+        """Whether a step heats the GPU: compute-bound (a prefill step), not a memory-bound decode step."""
+        return cost.compute_s > 0 and cost.compute_s >= cost.memory_s
 
 
 def decode_weight_efficiency(gpu: GPUProfile, batch: int, tp: int = 1) -> float:
@@ -124,12 +176,13 @@ def bytes_per_step(model: ModelProfile, prefill: list[tuple[int, int]], decode: 
     return float(model.weight_bytes) + kv_read_bytes(model, prefill, decode)
 
 
-def allreduce_time(model: ModelProfile, gpu: GPUProfile, tp: int, tokens: int) -> float:
+def allreduce_time(model: ModelProfile, gpu: GPUProfile, tp: int, tokens: int, decode_step: bool = False) -> float:
     """TP all-reduce time of a step: two ring all-reduces per layer of tokens × hidden × dtype bytes.
 
     Each rank sends and receives 2 × (TP − 1) ÷ TP × message bytes, at the interconnect's
-    per-direction bandwidth, plus a per-call latency; a calibrated profile's measured per-call times by
-    message size (``interconnect.allreduce_us``) take their place within the measured range.
+    per-direction bandwidth, plus a per-call latency; a calibrated profile's per-call times measured inside
+    steps by message size take their place within the measured range (``allreduce_decode_us`` in a decode
+    step, where each call also waits for the slower rank; ``allreduce_us`` otherwise).
     """
     if tp <= 1 or tokens <= 0:
         return 0.0
@@ -137,8 +190,9 @@ def allreduce_time(model: ModelProfile, gpu: GPUProfile, tp: int, tokens: int) -
     msg = tokens * model.hidden_size * model.dtype_bytes
     ic = gpu.interconnect
     wire_s = 2 * (tp - 1) / tp / (ic.bw_gbps * GB)
-    table = ic.allreduce_us
-    if table and ic.allreduce_tp == tp and min(table) <= msg:  # measured per-call times, extended linearly
+    tables = (ic.allreduce_decode_us, ic.allreduce_us) if decode_step else (ic.allreduce_us, ic.allreduce_decode_us)
+    table = next((t for t in tables if t and min(t) <= msg), None) if ic.allreduce_tp == tp else None
+    if table:  # measured per-call times, extended linearly
         top = max(table)
         per_call = (interpolate_log2(table, msg) if msg <= top else table[top] + (msg - top) * wire_s * 1e6) * 1e-6
     else:
@@ -154,10 +208,13 @@ def step_time(
     decode: list[int] | None = None,
     overhead_s: float | None = None,
     allreduce: bool = True,
+    heat: float | None = None,
 ) -> StepCost:
     """Modelled time of one forward step: prefill items (new tokens, cached context) and decode KV lengths.
 
-    `overhead_s` None takes the GPU profile's per-step overhead (``step_overhead_ms``).
+    `overhead_s` None takes the GPU profile's per-step overhead (``step_overhead_ms``). `heat` None models
+    prefill at the power cap (sustained load); a PowerState's heat at the step's start models it from there,
+    heating through the step (a long prefill from idle reaches the cap part-way).
     """
     prefill = prefill or []
     decode = decode or []
@@ -169,10 +226,19 @@ def step_time(
     flops = flops_per_step(model, prefill, decode) / tp
     weights = weight_bytes_per_gpu(model, tp)
     kv = kv_read_bytes(model, prefill, decode) / tp
-    compute_s = flops / (gpu.bf16_tflops * 1e12 * prefill_efficiency(gpu, tokens, tp)) if prefill_tokens else 0.0
+    peak = gpu.bf16_tflops * 1e12
+    compute_s = 0.0
+    if prefill_tokens and (heat is None or not gpu.at_tp(tp).prefill_boost):
+        compute_s = flops / (peak * prefill_efficiency(gpu, tokens, tp))
+    elif prefill_tokens:  # from `heat`, heating as the step runs: its work in POWER_SLICES equal parts
+        h = heat
+        for _ in range(POWER_SLICES):
+            dt = flops / POWER_SLICES / (peak * prefill_efficiency(gpu, tokens, tp, throttle_of(h)))
+            compute_s += dt
+            h = 1.0 - (1.0 - h) * math.exp(-dt / POWER_TAU_S)
     batch = max(len(decode), 1)
     memory_s = weights / (bw * decode_weight_efficiency(gpu, batch, tp)) + kv / (bw * decode_kv_efficiency(gpu, batch, tp))
-    ar = allreduce_time(model, gpu, tp, tokens) if allreduce else 0.0
+    ar = allreduce_time(model, gpu, tp, tokens, decode_step=not prefill_tokens) if allreduce else 0.0
     overhead = gpu.step_overhead_ms / 1e3 if overhead_s is None else overhead_s
     return StepCost(compute_s, memory_s, ar, overhead, flops, weights + kv)
 

@@ -28,6 +28,9 @@ class Interconnect(BaseModel):
     latency_us: float = Field(ge=0)
     allreduce_us: dict[int, float] = Field(default_factory=dict, description="measured µs per all-reduce call by "
                                            "message bytes, inside forward steps (calibrated profiles)")
+    allreduce_decode_us: dict[int, float] = Field(
+        default_factory=dict, description="the same inside decode steps, where each call also waits for the "
+        "slower rank's memory-bound work (calibrated profiles; empty: allreduce_us)")
     allreduce_tp: int | None = Field(None, description="the TP size allreduce_us was measured at")
 
 
@@ -38,6 +41,8 @@ class TPEfficiency(BaseModel):
     prefill: dict[int, float] = Field(min_length=1, description="fraction of dense BF16 peak, by tokens")
     decode_weights: dict[int, float] = Field(min_length=1, description="fraction of HBM bw, by decode batch")
     decode_kv: dict[int, float] = Field(min_length=1, description="fraction of HBM bw reading KV, by batch")
+    prefill_boost: dict[int, float] | None = Field(
+        None, description="prefill from an idle GPU (boost clocks), by tokens; `prefill` is at the power cap")
 
 
 class Provenance(BaseModel):
