@@ -90,19 +90,20 @@ class RealtimeDriver:
         self.running = True
         eng, st = self.engine, self.stats
         target = busy_start = None
+        end = 0.0  # the last step's end: a busy period ends there, not when the loop next looks
         try:
             while True:
                 now = self.now()
                 if self.stall_until > now:
                     if busy_start is not None:  # the stall is not model time: close the busy period
-                        self._close(max(now, target), busy_start)
+                        self._close(max(end, target), busy_start)
                         busy_start = target = None
                     await asyncio.sleep(self.stall_until - now)
                     continue
                 batch = eng.next_batch(now)
                 if batch is None:
-                    if busy_start is not None:
-                        self._close(max(now, target), busy_start)
+                    if busy_start is not None:  # (the streams' handlers ran in between: not the engine's time)
+                        self._close(max(end, target), busy_start)
                         busy_start = target = None
                     self._ready_at = None
                     self._wake.clear()
