@@ -114,27 +114,37 @@ def aic_estimate(system: str, isl: int, osl: int, batch: int, tp: int) -> tuple[
     return (float(ttft.group(1)), float(tpot.group(1))) if ttft and tpot else None
 
 
+COLUMNS = (f"  {'gpu':<5}{'ISL':>6}{'batch':>6}{'TTFT ms':>9}{'AIC':>9}{'err':>8}{'TPOT ms':>9}{'AIC':>8}{'err':>8}"
+           f"{'target':>8}")
+
+
+def compare_row(name: str, isl: int, b: int, ttft_ms: float, tpot_ms: float,
+                est: tuple[float, float] | None) -> float | None:
+    """Print one TTFT/TPOT row against AIConfigurator's estimate (target 10% at batch 1, 15% above); return the
+    row's larger |error|, None without an estimate."""
+    if est is None:
+        print(f"  {name:<5}{isl:>6}{b:>6}{ttft_ms:>9.1f}{'n/a':>9}{'':>8}{tpot_ms:>9.2f}{'n/a':>8}")
+        return None
+    et, ep = ttft_ms / est[0] - 1, tpot_ms / est[1] - 1
+    target = 0.10 if b == 1 else 0.15
+    ok = "ok" if abs(et) <= target and abs(ep) <= target else "MISS"
+    print(f"  {name:<5}{isl:>6}{b:>6}{ttft_ms:>9.1f}{est[0]:>9.1f}{et:>+8.1%}{tpot_ms:>9.2f}{est[1]:>8.2f}"
+          f"{ep:>+8.1%}{ok:>5} ±{target:.0%}")
+    return max(abs(et), abs(ep))
+
+
 def aic_table(osl: int = 256) -> None:
     print(f"\nModel vs AIConfigurator 0.12 (SGLang, static), Qwen3-32B TP2, OSL {osl}: TTFT = one prefill step of "
           "the batch from an idle GPU (boost clocks, reaching the power cap as it runs), TPOT = one decode step at "
           "context ISL + OSL/2 (all-reduce included, no HTTP)")
-    print(f"  {'gpu':<5}{'ISL':>6}{'batch':>6}{'TTFT ms':>9}{'AIC':>9}{'err':>8}{'TPOT ms':>9}{'AIC':>8}{'err':>8}"
-          f"{'target':>8}")
+    print(COLUMNS)
     for name in ("H100", "H200"):
         g = gpu(name)
         for isl in (1024, 4096, 8192):
             for b in (1, 16, 64):
-                est = aic_estimate(AIC_SYSTEM[name], isl, osl, b, 2)
                 ttft = pm.step_time(M, g, 2, prefill=[(isl, 0)] * b, heat=0.0).total_s * 1e3  # from idle
                 tpot = pm.step_time(M, g, 2, decode=[isl + osl // 2] * b).total_s * 1e3
-                target = 0.10 if b == 1 else 0.15
-                if est is None:
-                    print(f"  {name:<5}{isl:>6}{b:>6}{ttft:>9.1f}{'n/a':>9}{'':>8}{tpot:>9.2f}{'n/a':>8}")
-                    continue
-                et, ep = ttft / est[0] - 1, tpot / est[1] - 1
-                ok = "ok" if abs(et) <= target and abs(ep) <= target else "MISS"
-                print(f"  {name:<5}{isl:>6}{b:>6}{ttft:>9.1f}{est[0]:>9.1f}{et:>+8.1%}{tpot:>9.2f}{est[1]:>8.2f}"
-                      f"{ep:>+8.1%}{ok:>5} ±{target:.0%}")
+                compare_row(name, isl, b, ttft, tpot, aic_estimate(AIC_SYSTEM[name], isl, osl, b, 2))
 
 
 def _generate_token(line: bytes) -> bool:
@@ -160,8 +170,7 @@ async def _http_case(port: int, isl: int, batch: int, osl: int, salt: int) -> tu
 def http_table(osl: int = 64, aic: bool = True) -> None:
     print(f"\nOver HTTP (emulated SGLang worker on 127.0.0.1, TP2, calibrated profile, OSL {osl}) vs AIConfigurator 0.12 "
           "(same ISL/OSL/batch): TTFT = the batch's last first token, TPOT = median inter-token gap once all decode")
-    print(f"  {'gpu':<5}{'ISL':>6}{'batch':>6}{'TTFT ms':>9}{'AIC':>9}{'err':>8}{'TPOT ms':>9}{'AIC':>8}{'err':>8}"
-          f"{'target':>8}")
+    print(COLUMNS)
     worst = {1: 0.0, 16: 0.0, 64: 0.0}
     adds: list[float] = []  # batch 1: HTTP TTFT minus the modelled prefill step
     for name in ("H100", "H200"):
@@ -183,15 +192,9 @@ def http_table(osl: int = 64, aic: bool = True) -> None:
                     if b == 1:
                         adds.append(ttft - pm.step_time(M, gpu(name), 2, prefill=[(isl, 0)], heat=0.0).total_s)
                     est = aic_estimate(AIC_SYSTEM[name], isl, osl, b, 2) if aic else None
-                    if est is None:
-                        print(f"  {name:<5}{isl:>6}{b:>6}{ttft * 1e3:>9.1f}{'n/a':>9}{'':>8}{tpot * 1e3:>9.2f}{'n/a':>8}")
-                        continue
-                    et, ep = ttft * 1e3 / est[0] - 1, tpot * 1e3 / est[1] - 1
-                    target = 0.10 if b == 1 else 0.15
-                    worst[b] = max(worst[b], abs(et), abs(ep))
-                    ok = "ok" if abs(et) <= target and abs(ep) <= target else "MISS"
-                    print(f"  {name:<5}{isl:>6}{b:>6}{ttft * 1e3:>9.1f}{est[0]:>9.1f}{et:>+8.1%}{tpot * 1e3:>9.2f}"
-                          f"{est[1]:>8.2f}{ep:>+8.1%}{ok:>5} ±{target:.0%}")
+                    err = compare_row(name, isl, b, ttft * 1e3, tpot * 1e3, est)
+                    if err is not None:
+                        worst[b] = max(worst[b], err)
     print("  worst |err| by batch: " + ", ".join(f"batch {b} {v:.1%}" for b, v in worst.items()))
     if adds:
         print(f"  batch 1: HTTP and the emulator add {statistics.median(adds) * 1e3:.2f} ms (median; "

@@ -80,44 +80,44 @@ def _seconds_per_kv_byte(dec: list[dict], kv_of: dict[int, float], batches: list
     return float(coef[-1])
 
 
-def _allreduce_samples(raw: dict, phase: str | None = None) -> list[tuple[float, float]]:
-    """(message bytes, seconds per all-reduce call) from steps (of `phase`, or all) timed with and without
-    the all-reduce."""
+def _allreduce_samples(raw: dict, phase: str) -> list[tuple[float, float]]:
+    """(message bytes, seconds per all-reduce call) from `phase` steps timed with and without the all-reduce."""
     m = model_of(raw)
     calls = 2 * m.num_hidden_layers
     plain = {(r["phase"], r["tokens"], r["context"]): r["seconds"] for r in raw["rows"] if not r.get("allreduce")}
     out = []
     for r in raw["rows"]:
         key = (r["phase"], r["tokens"], r["context"])
-        if r.get("allreduce") and key in plain and phase in (None, r["phase"]):
+        if r.get("allreduce") and r["phase"] == phase and key in plain:
             msg = int(r["tokens"]) * m.hidden_size * m.dtype_bytes
             out.append((float(msg), (r["seconds"] - plain[key]) / calls))
     return out
 
 
 def fit_allreduce(raw: dict, kind: str) -> Interconnect | None:
-    """Latency and per-direction bandwidth of the TP all-reduce (ring: 2(TP−1)/TP × bytes on the wire)."""
+    """Latency and per-direction bandwidth of the TP all-reduce (ring: 2(TP−1)/TP × bytes on the wire), and
+    per-call tables by message size: inside prefill steps and inside decode steps apart, since a decode step's
+    calls also wait for the slower rank's memory-bound work (the sweep alone where no step was timed both ways)."""
     tp = int(raw["tp"])
-    samples = _allreduce_samples(raw) or [(float(r["bytes"]), r["seconds"]) for r in raw.get("allreduce") or []]
-    samples = [(b, t) for b, t in samples if t > 0]
+    pre, dec = _allreduce_samples(raw, "prefill"), _allreduce_samples(raw, "decode")
+    sweep = [(float(r["bytes"]), r["seconds"]) for r in raw.get("allreduce") or []]
+    samples = [(b, t) for b, t in (pre + dec or sweep) if t > 0]
     if len(samples) < 2 or tp < 2:
         return None
     wire = np.array([2 * (tp - 1) / tp * b for b, _ in samples])
     t = np.array([s for _, s in samples])
     A = np.c_[np.ones_like(wire), wire]
     (lat, per_byte), *_ = np.linalg.lstsq(A / t[:, None], np.ones(len(t)), rcond=None)
-    # per-call tables inside the steps: prefill steps (or the sweep) and decode steps apart, since a decode
-    # step's calls also wait for the slower rank's memory-bound work
-    steps = _allreduce_samples(raw)
-    table = _median_us(_allreduce_samples(raw, "prefill") if steps else samples)
-    decode = _median_us(_allreduce_samples(raw, "decode"))
-    if len(table) < 3:
+    table, decode = _median_us(pre), _median_us(dec)
+    if len(table) < 3:  # too few prefill sizes for a table: one over everything measured
         table, decode = _median_us(samples), {}
+    if len(table) < 3:
+        table = {}
     impl = "one-shot + NCCL" if str(raw.get("allreduce_impl", "NCCL")).startswith("one-shot") else "NCCL"
     return Interconnect(kind=f"{kind} ({impl}, measured)", bw_gbps=round(1 / per_byte / GB, 1),
-                        latency_us=round(max(lat, 0.0) * 1e6, 2), allreduce_us=table if len(table) >= 3 else {},
-                        allreduce_decode_us=decode if len(table) >= 3 and len(decode) >= 3 else {},
-                        allreduce_tp=tp if len(table) >= 3 else None)
+                        latency_us=round(max(lat, 0.0) * 1e6, 2), allreduce_us=table,
+                        allreduce_decode_us=decode if table and len(decode) >= 3 else {},
+                        allreduce_tp=tp if table else None)
 
 
 def _median_us(samples: list[tuple[float, float]]) -> dict[int, float]:

@@ -523,7 +523,7 @@ def measure_rank(shape: dict, tp: int, *, layers: int, reps: int, prefill_tokens
                 step = _graphed(device, lambda x=x, c=cos, s=sin, ar=ar: shard.prefill(x, c, s, ar))
                 # from idle without the all-reduce only: the ranks' unsynchronised starts would be timed too
                 sustained, boost = timed(step), None if ar else _from_idle(device, step)
-                extra = {} if boost is None else {"seconds_boost": (min(boost, sustained) - head) * scale + head}
+                extra = {} if boost is None else {"seconds_boost": (boost - head) * scale + head}
                 add("prefill", T, 0, 1, ar, sustained, head, **extra)
                 del step
             del x

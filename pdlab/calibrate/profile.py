@@ -52,6 +52,8 @@ def calibrated_profile(raws: list[dict], *, name: str | None = None, base: str |
     prov = Provenance(kind="calibrated",
                       summary=f"measured with PyTorch CUDA graphs on TP {', '.join(str(t) for t in sorted(efficiency))}"
                       + ("; elementwise steps fused by torch.compile" if kernels == {"fused"} else "; eager kernels")
+                      + ("; prefill also from idle (boost clocks)" if any(e.prefill_boost for e in efficiency.values())
+                         else "")
                       + (f"; all-reduce measured ({interconnect.kind.split('(')[-1].split(',')[0]})"
                          if interconnect is not ref.interconnect else "; all-reduce from the datasheet (one GPU)"),
                       gpu_name=gpu_name, driver=env.get("driver"), torch=env.get("torch"),
@@ -77,18 +79,14 @@ def profile_yaml(profile: GPUProfile) -> str:
     """The YAML text of a profile file: a 'gpu' section that `gpu.profile: PATH` loads."""
     data = profile.model_dump(mode="json", exclude_none=True)
     data["efficiency"] = {int(k): v for k, v in data["efficiency"].items()}
-    data["interconnect"]["allreduce_us"] = {int(k): v for k, v in data["interconnect"].get("allreduce_us", {}).items()}
-    data["interconnect"]["allreduce_decode_us"] = {
-        int(k): v for k, v in data["interconnect"].get("allreduce_decode_us", {}).items()}
-    for key in ("allreduce_us", "allreduce_decode_us"):
-        if not data["interconnect"][key]:
-            del data["interconnect"][key]
-    for eff in data["efficiency"].values():
-        eff["prefill"] = {int(k): v for k, v in eff["prefill"].items()}
-        eff["decode_weights"] = {int(k): v for k, v in eff["decode_weights"].items()}
-        eff["decode_kv"] = {int(k): v for k, v in eff["decode_kv"].items()}
-        if "prefill_boost" in eff:
-            eff["prefill_boost"] = {int(k): v for k, v in eff["prefill_boost"].items()}
+    tables = [(data["interconnect"], ("allreduce_us", "allreduce_decode_us"))]
+    tables += [(eff, ("prefill", "prefill_boost", "decode_weights", "decode_kv")) for eff in data["efficiency"].values()]
+    for section, keys in tables:  # JSON mode made the size keys strings: back to ints; empty tables left out
+        for key in keys:
+            if section.get(key):
+                section[key] = {int(k): v for k, v in section[key].items()}
+            else:
+                section.pop(key, None)
     head = ("# GPU profile written by `pdlab calibrate`. Load it with `gpu.profile: PATH` in an experiment file\n"
             "# or `--emu-gpu-profile PATH` on an emulated worker. Efficiencies are fractions of the datasheet\n"
             "# peaks below, measured without the all-reduce; see pdlab/emulator/perfmodel.py for the model.\n")

@@ -93,12 +93,21 @@ def prefill_efficiency(gpu: GPUProfile, tokens: int, tp: int = 1, throttle: floa
     `throttle` 1 is a GPU at its power cap (sustained compute, what `prefill` is measured at), 0 one at boost
     clocks (from idle: `prefill_boost`, where measured); between, the step's time is interpolated.
     """
+    return _blend(*_prefill_efficiencies(gpu, tokens, tp), throttle)
+
+
+def _prefill_efficiencies(gpu: GPUProfile, tokens: int, tp: int) -> tuple[float, float]:
+    """(at the power cap, at boost clocks) prefill efficiencies; the same twice without `prefill_boost`."""
     eff = gpu.at_tp(tp)
-    sustained = interpolate_log2(eff.prefill, max(tokens, 1))
-    if throttle >= 1.0 or not eff.prefill_boost:
-        return sustained
-    boost = max(interpolate_log2(eff.prefill_boost, max(tokens, 1)), sustained)
-    return 1.0 / (throttle / sustained + (1.0 - throttle) / boost)
+    capped = interpolate_log2(eff.prefill, max(tokens, 1))
+    if not eff.prefill_boost:
+        return capped, capped
+    return capped, max(interpolate_log2(eff.prefill_boost, max(tokens, 1)), capped)
+
+
+def _blend(capped: float, boost: float, throttle: float) -> float:
+    """The efficiency whose step time is `throttle` of the way from boost's to capped's."""
+    return 1.0 / (throttle / capped + (1.0 - throttle) / boost)
 
 
 def throttle_of(heat: float) -> float:
@@ -190,8 +199,11 @@ def allreduce_time(model: ModelProfile, gpu: GPUProfile, tp: int, tokens: int, d
     msg = tokens * model.hidden_size * model.dtype_bytes
     ic = gpu.interconnect
     wire_s = 2 * (tp - 1) / tp / (ic.bw_gbps * GB)
-    tables = (ic.allreduce_decode_us, ic.allreduce_us) if decode_step else (ic.allreduce_us, ic.allreduce_decode_us)
-    table = next((t for t in tables if t and min(t) <= msg), None) if ic.allreduce_tp == tp else None
+    table = None
+    if ic.allreduce_tp == tp:  # this phase's in-step table, else the other's where it covers the size
+        first, other = (ic.allreduce_decode_us, ic.allreduce_us) if decode_step else (ic.allreduce_us,
+                                                                                      ic.allreduce_decode_us)
+        table = first if first and min(first) <= msg else other if other and min(other) <= msg else None
     if table:  # measured per-call times, extended linearly
         top = max(table)
         per_call = (interpolate_log2(table, msg) if msg <= top else table[top] + (msg - top) * wire_s * 1e6) * 1e-6
@@ -226,16 +238,18 @@ def step_time(
     flops = flops_per_step(model, prefill, decode) / tp
     weights = weight_bytes_per_gpu(model, tp)
     kv = kv_read_bytes(model, prefill, decode) / tp
-    peak = gpu.bf16_tflops * 1e12
     compute_s = 0.0
-    if prefill_tokens and (heat is None or not gpu.at_tp(tp).prefill_boost):
-        compute_s = flops / (peak * prefill_efficiency(gpu, tokens, tp))
-    elif prefill_tokens:  # from `heat`, heating as the step runs: its work in POWER_SLICES equal parts
-        h = heat
-        for _ in range(POWER_SLICES):
-            dt = flops / POWER_SLICES / (peak * prefill_efficiency(gpu, tokens, tp, throttle_of(h)))
-            compute_s += dt
-            h = 1.0 - (1.0 - h) * math.exp(-dt / POWER_TAU_S)
+    if prefill_tokens:
+        work = flops / (gpu.bf16_tflops * 1e12)  # seconds at 100% of peak
+        capped, boost = _prefill_efficiencies(gpu, tokens, tp)
+        if heat is None or boost == capped:
+            compute_s = work / capped
+        else:  # from `heat`, heating as the step runs: its work in POWER_SLICES equal parts
+            h = heat
+            for _ in range(POWER_SLICES):
+                dt = work / POWER_SLICES / _blend(capped, boost, throttle_of(h))
+                compute_s += dt
+                h = 1.0 - (1.0 - h) * math.exp(-dt / POWER_TAU_S)
     batch = max(len(decode), 1)
     memory_s = weights / (bw * decode_weight_efficiency(gpu, batch, tp)) + kv / (bw * decode_kv_efficiency(gpu, batch, tp))
     ar = allreduce_time(model, gpu, tp, tokens, decode_step=not prefill_tokens) if allreduce else 0.0
